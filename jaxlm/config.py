@@ -1,0 +1,345 @@
+"""The config schema: typed sections, YAML presets and dotted command-line overrides.
+
+Everything a run can be told lives here, in pydantic models that forbid unknown keys, so a
+typo or a wrong type is caught before anything is compiled. A config is built from a YAML
+file plus overrides such as ``train.steps=200 model.n_layers=4``; every problem is reported as
+one :class:`ConfigError` line naming the key and what would be valid.
+
+This module imports nothing of jaxlm (floor 1). Checks that need the device count live in
+:func:`check_devices`, which callers run once jax is up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line naming the key and the valid choices."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False)
+
+
+# ----------------------------------------------------------------------------------- model
+
+
+class ModelConfig(_Section):
+    """The transformer. ``family`` picks the defaults; any of them can be overridden."""
+
+    family: Literal["gpt2", "llama"] = "gpt2"
+    vocab_size: int = Field(4096, gt=0)
+    d_model: int = Field(256, gt=0)
+    n_layers: int = Field(4, gt=0)
+    n_heads: int = Field(4, gt=0)
+    n_kv_heads: int | None = Field(None, gt=0, description="grouped-query attention; None = n_heads")
+    d_ff: int | None = Field(None, gt=0, description="MLP width; None = family default")
+    max_seq_len: int = Field(256, gt=0)
+    positions: Literal["learned", "rope", "sinusoidal"] | None = None
+    tie_embeddings: bool | None = None
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention: Literal["xla", "dot_product", "cudnn"] = Field(
+        "xla", description="xla: explicit softmax(QK^T/sqrt(d))V; dot_product: "
+        "jax.nn.dot_product_attention (XLA); cudnn: the same with the cuDNN kernel (GPU only)"
+    )
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="compute dtype")
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
+    scan_layers: bool = False
+
+    @model_validator(mode="after")
+    def _resolve_family_defaults(self) -> ModelConfig:
+        llama = self.family == "llama"
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.positions is None:
+            self.positions = "rope" if llama else "learned"
+        if self.tie_embeddings is None:
+            self.tie_embeddings = not llama
+        if self.d_ff is None:
+            # Llama: SwiGLU width 8/3·d rounded up to a multiple of 64; GPT-2/BERT: 4·d.
+            self.d_ff = -(-(8 * self.d_model // 3) // 64) * 64 if llama else 4 * self.d_model
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+class SourceConfig(_Section):
+    """One text source: a hub dataset name, or local files / globs."""
+
+    path: str = Field("default", description="'default' (embedded corpus), a hub name, or files/globs")
+    name: str | None = Field(None, description="hub dataset config name")
+    split: str = "train"
+    text_column: str = "text"
+    weight: float = Field(1.0, gt=0.0)
+
+
+class DataConfig(_Section):
+    train: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    eval: list[SourceConfig] | None = Field(
+        default_factory=lambda: [SourceConfig(split="valid")],
+        description="held-out sources for eval; None disables eval",
+    )
+    tokenizer: str = Field("default", description="'default', a tokenizer.json or a directory")
+    seq_len: int = Field(256, gt=1)
+    shuffle: bool = True
+    shuffle_buffer: int = Field(1024, gt=0)
+    seed: int = 0
+    mode: Literal["pack", "pad", "mlm"] = "pack"
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+class TrainConfig(_Section):
+    run_dir: str = "runs/default"
+    steps: int = Field(300, gt=0)
+    global_batch: int = Field(16, gt=0, description="sequences per optimizer step, all devices")
+    grad_accum: int = Field(1, gt=0, description="microbatches per step (lax.scan)")
+    lr: float = Field(2e-3, gt=0.0)
+    warmup_steps: int = Field(30, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    decay_exclude: list[Literal["norms", "biases", "embeddings"]] = Field(
+        default_factory=lambda: ["norms", "biases"]
+    )
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float | None = Field(1.0, gt=0.0)
+    z_loss: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    log_every: int = Field(10, gt=0)
+    eval_every: int = Field(100, gt=0)
+    eval_batches: int = Field(8, gt=0)
+    sample_tokens: int = Field(64, ge=0, description="tokens generated at the end; 0 = none")
+    profile_steps: list[int] | None = None
+
+
+# ----------------------------------------------------------------------------------- mesh
+
+
+DEFAULT_RULES: list[tuple[str, str | list[str] | None]] = [
+    ("batch", ["data", "fsdp"]),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("act_batch", ["data", "fsdp"]),
+    ("act_len", None),
+    ("act_embed", None),
+]
+
+
+class MeshConfig(_Section):
+    """Device mesh ``(data, fsdp, tensor)``; -1 means "all remaining devices" (at most one)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: list[tuple[str, str | list[str] | None]] = Field(default_factory=lambda: list(DEFAULT_RULES))
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> MeshConfig:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for k, v in sizes.items():
+            if v == 0 or v < -1:
+                raise ValueError(f"mesh.{k}={v} must be a positive size or -1 (the rest)")
+        if list(sizes.values()).count(-1) > 1:
+            raise ValueError("at most one of mesh.data/fsdp/tensor may be -1")
+        return self
+
+
+# ----------------------------------------------------------------------- checkpoint, logging
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(100, gt=0, description="save every N steps (and at the end)")
+    keep: int = Field(3, gt=0, description="keep the last K checkpoints")
+    keep_period: int | None = Field(None, gt=0, description="also keep every M-th step forever")
+    async_save: bool = True
+    resume: str = Field("auto", description="auto | never | <checkpoint path>")
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = True
+    jsonl: bool = True
+    progress: bool = True
+
+
+# ------------------------------------------------------------------------------------ root
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mesh: MeshConfig = Field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        m, t = self.model, self.train
+        if m.d_model % m.n_heads:
+            raise ValueError(f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}")
+        if m.n_heads % m.n_kv_heads:
+            raise ValueError(f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}")
+        if m.positions == "rope" and m.head_dim % 2:
+            raise ValueError(f"rope needs an even head dim; d_model/n_heads={m.head_dim}")
+        if self.data.seq_len > m.max_seq_len:
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}"
+            )
+        if t.global_batch % t.grad_accum:
+            raise ValueError(
+                f"train.grad_accum={t.grad_accum} must divide train.global_batch={t.global_batch}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ------------------------------------------------------------------------- building a config
+
+
+def _format_error(err: ValidationError) -> str:
+    """One line for the first pydantic error: the dotted key, the problem, what is valid."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        section = _section_at(e["loc"][:-1])
+        valid = ", ".join(section.model_fields) if section else ""
+        return f"unknown key '{loc}'" + (f"; valid keys here: {valid}" if valid else "")
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error" or not loc:  # our own checks already name their keys
+        return msg
+    return f"{loc}={e.get('input')!r}: {msg}"
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    cls: Any = Config
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None if isinstance(part, str) else cls
+        ann = field.annotation
+        cls = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                    and issubclass(a, BaseModel)), None)
+        if cls is None:
+            return None
+    return cls
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        parts = key.split(".")
+        node: Any = raw
+        default: Any = Config().model_dump(mode="json")  # fills in lists the YAML left out
+        for i, p in enumerate(parts):
+            default = default.get(p) if isinstance(default, dict) else None
+            last = i == len(parts) - 1
+            parsed = yaml.safe_load(value) if value != "" else None
+            if isinstance(node, list):  # data.train.0.path=...: index into a list of sections
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(f"override '{key}': '{p}' is not an index below {len(node)}")
+                if last:
+                    node[int(p)] = parsed
+                else:
+                    node = node[int(p)]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = parsed
+                else:
+                    node = node.setdefault(p, default if isinstance(default, list) else {})
+            else:
+                raise ConfigError(f"override '{key}': '{parts[i - 1]}' is a value, not a section")
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a config from an optional YAML file plus dotted overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' not found (see configs/ for presets)")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {err}".splitlines()[0]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def resolve_mesh_shape(mesh: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+    """The concrete (data, fsdp, tensor) sizes for ``n_devices``, with -1 filled in."""
+    sizes = [mesh.data, mesh.fsdp, mesh.tensor]
+    fixed = 1
+    for s in sizes:
+        fixed *= s if s != -1 else 1
+    if -1 in sizes:
+        if n_devices % fixed:
+            raise ConfigError(
+                f"mesh sizes {sizes} need the device count {n_devices} to be a multiple of {fixed}"
+            )
+        sizes[sizes.index(-1)] = n_devices // fixed
+    elif fixed != n_devices:
+        raise ConfigError(
+            f"mesh data*fsdp*tensor = {'*'.join(map(str, sizes))} = {fixed} but there are "
+            f"{n_devices} devices; make the product {n_devices} or set one axis to -1"
+        )
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def check_devices(cfg: Config, n_devices: int) -> tuple[int, int, int]:
+    """Checks that need the device count; returns the resolved mesh shape."""
+    data, fsdp, tensor = resolve_mesh_shape(cfg.mesh, n_devices)
+    dp = data * fsdp
+    micro = cfg.train.global_batch // cfg.train.grad_accum
+    if micro % dp:
+        raise ConfigError(
+            f"train.global_batch={cfg.train.global_batch} (per microbatch {micro}) is not divisible "
+            f"by the data-parallel size data*fsdp={dp}; use a multiple of {dp}"
+        )
+    m = cfg.model
+    for key, size in [("n_heads", m.n_heads), ("n_kv_heads", m.n_kv_heads), ("d_ff", m.d_ff),
+                      ("vocab_size", m.vocab_size)]:
+        if size % tensor:
+            raise ConfigError(f"model.{key}={size} is not divisible by mesh.tensor={tensor}")
+    if m.d_model % fsdp:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by mesh.fsdp={fsdp}")
+    return data, fsdp, tensor

@@ -1,0 +1,74 @@
+"""The train state and its sharded initialisation.
+
+Full-size parameters never sit on one device: ``jax.eval_shape`` gives the abstract
+parameters with their logical axis names, the sharding module turns those into
+``NamedSharding``s, and ``jax.jit(init, out_shardings=...)`` creates every array in place.
+Optimizer state is sharded like the parameter it belongs to (``optax.tree_map_params``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from jaxlm.sharding import Rules, activate, logical_to_sharding, replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32
+    params: Any  # pytree of f32 arrays
+    opt_state: Any  # optax state, sharded like params
+    rng: jax.Array  # (2,) uint32 raw PRNG key, split every step (dropout)
+
+
+def init_params(model: nn.Module, rng: jax.Array, seq_len: int) -> Any:
+    """The model's boxed (logically partitioned) parameters."""
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init(rng, tokens)["params"]
+
+
+def state_shardings(
+    model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules, seq_len: int
+) -> TrainState:
+    """A TrainState-shaped tree of NamedShardings (nothing is allocated)."""
+    boxed = jax.eval_shape(lambda r: init_params(model, r, seq_len), jax.random.PRNGKey(0))
+    param_shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed))
+    rep = replicated(mesh)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: rep,
+    )
+    return TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules,
+    seq_len: int, seed: int,
+) -> tuple[TrainState, TrainState]:
+    """Initialise the sharded train state; returns ``(state, shardings)``."""
+    shardings = state_shardings(model, tx, mesh, rules, seq_len)
+
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, rng = jax.random.split(rng)
+        params = nn.unbox(init_params(model, init_rng, seq_len))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=rng)
+
+    with activate(mesh, rules):
+        state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+    return state, shardings
+
+
+def tree_norm(tree: Any) -> jax.Array:
+    return optax.global_norm(tree)
+
+
+def param_bytes(tree: Any) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
