@@ -5,7 +5,7 @@ typo or a wrong type is caught before anything is compiled. A config is built fr
 file plus overrides such as ``train.steps=200 model.n_layers=4``; every problem is reported as
 one :class:`ConfigError` line naming the key and what would be valid.
 
-This module imports nothing of jaxlm (floor 1). Checks that need the device count live in
+This module imports nothing of jaxlm but its error types (floor 1). Checks that need the device count live in
 :func:`check_devices`, which callers run once jax is up.
 """
 
@@ -18,8 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jaxlm.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A bad configuration; the message is one line naming the key and the valid choices."""
 
 
@@ -78,16 +80,44 @@ class ModelConfig(_Section):
 
 
 class SourceConfig(_Section):
-    """One text source: a hub dataset name, or local files / globs."""
+    """One text source: the embedded corpus, a Hugging Face hub dataset, or local files.
 
-    path: str = Field("default", description="'default' (embedded corpus), a hub name, or files/globs")
+    ``path`` is ``'default'`` (the embedded corpus; ``split`` is ``'train'`` or ``'valid'``), a
+    hub name such as ``'wikitext'`` (with ``name``/``split``), or local files: a file, a
+    directory, a glob (``data/*.jsonl.gz``) or a list of them. Local formats (json/jsonl,
+    parquet, csv/tsv, txt; optionally gzipped) are read from the file suffix unless ``format``
+    says otherwise. ``weight`` is the share of *documents* drawn from this source in a mixture.
+    """
+
+    path: str | list[str] = Field(
+        "default", description="'default' (embedded corpus), a hub name, or files/dirs/globs"
+    )
     name: str | None = Field(None, description="hub dataset config name")
-    split: str = "train"
+    split: str = Field("train", description="hub split, or 'train'/'valid' of the default corpus")
     text_column: str = "text"
-    weight: float = Field(1.0, gt=0.0)
+    weight: float = Field(1.0, gt=0.0, description="relative share of documents in a mixture")
+    format: Literal["auto", "json", "parquet", "csv", "text"] = Field(
+        "auto", description="local file format; auto = from the suffix"
+    )
+    sample_by: Literal["document", "paragraph", "line"] = Field(
+        "document", description="text files: one document per file, blank-line block or line"
+    )
+
+    @model_validator(mode="after")
+    def _check_path(self) -> SourceConfig:
+        paths = [self.path] if isinstance(self.path, str) else self.path
+        if not paths or any(not p.strip() for p in paths):
+            raise ValueError("data source path must be 'default', a hub name or files (got empty)")
+        return self
 
 
 class DataConfig(_Section):
+    """The input stream: sources, tokenizer, row layout, shuffling and the training objective.
+
+    ``mode``: ``pack`` (causal LM, documents packed into rows with segment ids), ``pad`` (one
+    document per row, padded; for fine-tuning), ``mlm`` (packed rows, BERT-style masking).
+    """
+
     train: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
     eval: list[SourceConfig] | None = Field(
         default_factory=lambda: [SourceConfig(split="valid")],
@@ -95,11 +125,23 @@ class DataConfig(_Section):
     )
     tokenizer: str = Field("default", description="'default', a tokenizer.json or a directory")
     seq_len: int = Field(256, gt=1)
-    shuffle: bool = True
-    shuffle_buffer: int = Field(1024, gt=0)
+    shuffle: bool = Field(True, description="seeded file order per epoch plus a document buffer")
+    shuffle_buffer: int = Field(1024, gt=0, description="documents held by the shuffle buffer")
     seed: int = 0
     mode: Literal["pack", "pad", "mlm"] = "pack"
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    truncate: bool = Field(
+        False, description="pad mode: cut documents at seq_len instead of splitting them into rows"
+    )
+    prefetch: int = Field(8, gt=0, description="batches prepared ahead by the background thread")
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> DataConfig:
+        if not self.train:
+            raise ValueError("data.train needs at least one source")
+        if self.eval is not None and not self.eval:
+            raise ValueError("data.eval must list at least one source, or be null to disable eval")
+        return self
 
 
 # ----------------------------------------------------------------------------------- train
@@ -127,6 +169,7 @@ class TrainConfig(_Section):
     eval_every: int = Field(100, gt=0)
     eval_batches: int = Field(8, gt=0)
     sample_tokens: int = Field(64, ge=0, description="tokens generated at the end; 0 = none")
+    sample_prompt: str = "ROMEO:"
     profile_steps: list[int] | None = None
 
 

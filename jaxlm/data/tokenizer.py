@@ -34,6 +34,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from jaxlm.errors import UserError
+
 __all__ = [
     "BOS_TOKEN",
     "EOS_TOKEN",
@@ -68,7 +70,7 @@ _TXT_CHUNK_CHARS = 1 << 16
 _BATCH = 256
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """A tokenizer or a training file cannot be found, read or understood."""
 
 

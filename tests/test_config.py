@@ -1,0 +1,68 @@
+"""Config: presets load, overrides apply, and every bad config is one line + exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxlm.cli import main
+from jaxlm.config import ConfigError, check_devices, load_config
+
+CONFIGS = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_presets_load(path):
+    cfg = load_config(path)
+    assert cfg.model.d_model % cfg.model.n_heads == 0
+
+
+def test_overrides_and_family_defaults():
+    cfg = load_config(CONFIGS[0].parent / "tiny.yaml",
+                      ["train.steps=7", "model.n_layers=3", "model.family=llama",
+                       "data.train.0.path=/x/*.txt"])
+    assert cfg.train.steps == 7 and cfg.model.n_layers == 3
+    assert cfg.model.positions == "rope" and cfg.model.tie_embeddings is False
+    assert cfg.data.train[0].path == "/x/*.txt"
+
+
+BAD = [
+    (["model.n_layer=3"], "unknown key 'model.n_layer'"),
+    (["model.n_layers=three"], "model.n_layers"),
+    (["model.n_heads=5"], "model.n_heads=5 must divide model.d_model"),
+    (["model.n_kv_heads=3"], "model.n_kv_heads=3 must divide model.n_heads"),
+    (["train.global_batch=12"], "not divisible by the data-parallel size"),
+    (["mesh.data=3"], "there are 8 devices"),
+    (["model.family=gpt5"], "'gpt2' or 'llama'"),
+    (["configs/pretrain/tiny.yaml", "train.steps"], "not of the form section.key=value"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", BAD)
+def test_bad_config_one_line_exit_2(capsys, monkeypatch, overrides, expected):
+    monkeypatch.chdir(Path(__file__).parents[1])
+    assert main(["train", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_config_file(capsys):
+    assert main(["train", "no/such.yaml"]) == 2
+    assert "no/such.yaml" in capsys.readouterr().err
+
+
+def test_device_checks_without_compiling():
+    cfg = load_config(None, ["mesh.data=2", "mesh.tensor=4", "model.n_heads=2", "model.d_model=64"])
+    with pytest.raises(ConfigError, match="model.n_heads=2 is not divisible by mesh.tensor=4"):
+        check_devices(cfg, 8)
+    assert check_devices(load_config(None, ["mesh.fsdp=2"]), 8) == (4, 2, 1)
+
+
+def test_cli_exit_code_in_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "jaxlm.cli", "train", "model.n_heads=5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "jaxlm: error: model.n_heads=5 must divide model.d_model=256"]
