@@ -2,6 +2,8 @@
 
     jaxlm train [CONFIG.yaml] [section.key=value ...]   pretrain (defaults: embedded corpus)
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
+    jaxlm tensorboard RUN_DIR [--port P] [--host 127.0.0.1]   view a run's metrics and traces
+    jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N]   params only, for fine-tuning/inference
 
 Bad input ends with one line on stderr naming what was wrong, and exit code 2.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -18,6 +21,8 @@ EXIT_BAD_INPUT = 2
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"jaxlm: error: {msg}", file=sys.stderr)
+    if "jaxlm.distributed" in sys.modules:  # one of several processes: don't keep the rest waiting
+        sys.modules["jaxlm.distributed"].exit_if_failed(code)
     return code
 
 
@@ -45,6 +50,20 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from jaxlm.export import export
+
+    path = export(args.run_dir, args.out, dtype=args.dtype, step=args.step)
+    print(f"wrote {path} ({args.dtype}) and {path.parent / 'config.json'}")
+    return 0
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    from jaxlm.metrics import serve_tensorboard
+
+    return serve_tensorboard(args.run_dir, host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlm", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -63,10 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--min-frequency", type=int, default=2)
     tt.add_argument("--out", required=True, help="output tokenizer.json (or directory)")
     tt.set_defaults(func=cmd_tokenizer_train)
+
+    ex = sub.add_parser("export", help="write a checkpoint's parameters (safetensors) + config")
+    ex.add_argument("run_dir", help="run directory, its checkpoints/ or one checkpoint step")
+    ex.add_argument("out", help="output directory (model.safetensors, config.json)")
+    ex.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ex.set_defaults(func=cmd_export)
+
+    tb = sub.add_parser("tensorboard", help="start TensorBoard on a run directory (or a parent)")
+    tb.add_argument("run_dir", help="run directory, e.g. runs/tiny, or runs/ to compare runs")
+    tb.add_argument("--port", type=int, default=None, help="default: 6006 or the next free")
+    tb.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    tb.set_defaults(func=cmd_tensorboard)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `datasets` imports torch on first use when it is installed (seconds); jaxlm never needs it.
+    os.environ.setdefault("USE_TORCH", "0")
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     from jaxlm.errors import TrainingError, UserError

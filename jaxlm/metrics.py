@@ -1,76 +1,212 @@
-"""Where the numbers go: TensorBoard event files, a JSONL log and the terminal.
+"""Where the numbers go: TensorBoard event files, a JSONL log and the terminal; and viewing them.
 
-Only process 0 writes (other processes get a writer that does nothing). TensorBoard files
-are written with tensorboardX, which needs no TensorFlow.
+Only process 0 writes (other processes get a writer that does nothing). Event files go to
+``RUN_DIR/tensorboard``, written with the ``tensorboard`` package's own event-file writer and
+protos (no TensorFlow; and not tensorboardX, whose import pulls in PyTorch when it is
+installed, seconds of start-up). Every scalar, text and event also goes to
+``RUN_DIR/metrics.jsonl``, one JSON object per line (``{"step": ..., "time": ..., "<tag>":
+value, ...}``), so runs can be read without TensorBoard.
+
+Tags: ``train/*`` and ``eval/*`` scalars, ``memory/*`` (bytes per device, at start-up),
+``samples`` (generated text), ``config`` (the resolved config as JSON) plus TensorBoard
+hparams, and ``event/<name>`` (text) with ``event/<name>/<key>`` scalars for events such as
+checkpoint saves.
+
+:func:`serve_tensorboard` runs the ``tensorboard`` program on a run directory
+(``jaxlm tensorboard RUN_DIR``), bound to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hparams_meta
+from tensorboard.plugins.text import metadata as text_meta
+from tensorboard.summary.writer.event_file_writer import EventFileWriter as _EventFileWriter
+from tensorboard.util import tensor_util
+
+from jaxlm.errors import UserError
+
+# Metric tags the TensorBoard hparams dashboard shows next to each run's hyperparameters.
+HPARAM_METRICS = ("train/loss", "eval/loss", "eval/perplexity", "train/tokens_per_sec",
+                  "train/mfu")
+
+
+class TensorBoardWriter:
+    """Scalars, Markdown text and hparams as TensorBoard summaries, in one event file.
+
+    A thin layer over ``tensorboard.summary.writer.event_file_writer`` (which writes in a
+    background thread and flushes every ``flush_secs``) that builds the summary protos the
+    scalars, text and hparams plugins read.
+    """
+
+    def __init__(self, logdir: str | Path, flush_secs: int = 10) -> None:
+        self._writer = _EventFileWriter(str(logdir), flush_secs=flush_secs)
+        self._text_meta = text_meta.create_summary_metadata(display_name="", description="")
+        self._text_meta.data_class = summary_pb2.DATA_CLASS_TENSOR
+
+    def _add(self, step: int, value: Any) -> None:
+        event = event_pb2.Event(wall_time=time.time(), step=int(step))
+        event.summary.value.append(value)
+        self._writer.add_event(event)
+
+    def scalar(self, step: int, tag: str, value: float) -> None:
+        # A classic ``simple_value``: read as a scalar by TensorBoard and by every reader of
+        # event files, including ``EventAccumulator.Scalars``.
+        self._add(step, summary_pb2.Summary.Value(tag=tag, simple_value=value))
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        self._add(step, summary_pb2.Summary.Value(
+            tag=tag, tensor=tensor_util.make_tensor_proto(text.encode()),
+            metadata=self._text_meta))
+
+    def hparams_start(self, hparams: dict[str, bool | int | float | str],
+                      metrics: tuple[str, ...]) -> None:
+        """The experiment (hparam names and types, metric tags) and this run's values."""
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        infos = []
+        for k, v in hparams.items():
+            if isinstance(v, bool):
+                start.hparams[k].bool_value, kind = v, "DATA_TYPE_BOOL"
+            elif isinstance(v, (int, float)):
+                start.hparams[k].number_value, kind = float(v), "DATA_TYPE_FLOAT64"
+            else:
+                start.hparams[k].string_value, kind = str(v), "DATA_TYPE_STRING"
+            infos.append(api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kind)))
+        experiment = api_pb2.Experiment(
+            hparam_infos=infos, time_created_secs=time.time(),
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics])
+        self._hparams(plugin_data_pb2.HParamsPluginData(experiment=experiment))
+        self._hparams(plugin_data_pb2.HParamsPluginData(session_start_info=start))
+
+    def hparams_end(self, success: bool) -> None:
+        status = api_pb2.Status.Value("STATUS_SUCCESS" if success else "STATUS_FAILURE")
+        end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+        self._hparams(plugin_data_pb2.HParamsPluginData(session_end_info=end))
+
+    def _hparams(self, data: Any) -> None:
+        tag = {"experiment": hparams_meta.EXPERIMENT_TAG,
+               "session_start_info": hparams_meta.SESSION_START_INFO_TAG,
+               "session_end_info": hparams_meta.SESSION_END_INFO_TAG}[data.WhichOneof("data")]
+        meta = hparams_meta.create_summary_metadata(data)
+        meta.data_class = summary_pb2.DATA_CLASS_TENSOR
+        self._add(0, summary_pb2.Summary.Value(tag=tag, tensor=hparams_meta.NULL_TENSOR,
+                                               metadata=meta))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class MetricsWriter:
-    """Scalars, text and hyperparameters → ``RUN_DIR/tensorboard`` and ``RUN_DIR/metrics.jsonl``."""
+    """Scalars, text, events and hyperparameters → ``RUN_DIR/tensorboard`` and
+    ``RUN_DIR/metrics.jsonl``. A disabled writer (``enabled=False``, as on processes other
+    than 0) accepts every call and writes nothing."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
-                 jsonl: bool = True) -> None:
+                 jsonl: bool = True, flush_secs: int = 10) -> None:
         self.enabled = enabled
-        self._tb = None
+        self.run_dir = Path(run_dir)
+        self._tb: TensorBoardWriter | None = None
         self._jsonl = None
+        self._hparams_written = False
         if not enabled:
             return
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), flush_secs=10)
+            self._tb = TensorBoardWriter(self.run_dir / "tensorboard", flush_secs=flush_secs)
         if jsonl:
-            self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    def _line(self, step: int, values: dict[str, Any]) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
 
     def scalars(self, step: int, values: dict[str, Any], prefix: str = "") -> None:
-        """Log a dict of scalars under ``prefix/name`` at ``step``."""
+        """Log a dict of scalars under ``prefix + name`` at ``step`` (e.g. ``train/loss``)."""
         if not self.enabled:
             return
         clean = {f"{prefix}{k}": float(np.asarray(v)) for k, v in values.items()}
         if self._tb is not None:
             for k, v in clean.items():
-                self._tb.add_scalar(k, v, step)
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+                self._tb.scalar(step, k, v)
+        # NaN/inf become null: strict JSON has no literal for them.
+        self._line(step, {k: v if math.isfinite(v) else None for k, v in clean.items()})
 
     def text(self, step: int, tag: str, text: str) -> None:
+        """A piece of text (a generated sample, a note) at ``step``; shown as Markdown."""
         if not self.enabled:
             return
         if self._tb is not None:
-            self._tb.add_text(tag, text, step)
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"step": step, "time": time.time(), tag: text}) + "\n")
+            self._tb.text(step, tag, text)
+        self._line(step, {tag: text})
+
+    def event(self, step: int, name: str, **info: Any) -> None:
+        """Something that happened at ``step``, e.g. ``event(100, "checkpoint",
+        path="runs/x/checkpoints/100", seconds=1.2)``.
+
+        TensorBoard gets a text entry ``event/<name>`` listing ``info`` and a scalar
+        ``event/<name>/<key>`` for each numeric value (so save times can be plotted); the
+        JSONL line is ``{"step", "time", "event": name, **info}``.
+        """
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            desc = ", ".join(f"{k}={v}" for k, v in info.items())
+            self._tb.text(step, f"event/{name}",
+                          f"**{name}** at step {step}" + (f": {desc}" if desc else ""))
+            for k, v in info.items():
+                if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+                    self._tb.scalar(step, f"event/{name}/{k}", float(v))
+        self._line(step, {"event": name, **{k: _jsonable(v) for k, v in info.items()}})
 
     def config(self, cfg: dict[str, Any]) -> None:
-        """The resolved config, as pretty JSON text and as TensorBoard hparams."""
+        """The resolved config, as pretty JSON text (tag ``config``) and as TensorBoard hparams
+        (every leaf as ``section.key``), linked to :data:`HPARAM_METRICS`."""
         if not self.enabled or self._tb is None:
             return
-        self._tb.add_text("config", "```\n" + json.dumps(cfg, indent=2) + "\n```", 0)
-        flat = _flatten(cfg)
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in flat.items()}
-        self._tb.add_hparams(hparams, {}, name=".", global_step=0)
+        self._tb.text(0, "config", "```\n" + json.dumps(cfg, indent=2) + "\n```")
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                for k, v in _flatten(cfg).items() if v is not None}
+        self._tb.hparams_start(flat, HPARAM_METRICS)
+        self._hparams_written = True
 
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
 
-    def close(self) -> None:
+    def close(self, success: bool = True) -> None:
+        """Flush and close; ends the hparams session with status success or failure."""
         if self._tb is not None:
+            if self._hparams_written:
+                self._tb.hparams_end(success)
             self._tb.close()
+            self._tb = None
         if self._jsonl is not None:
             self._jsonl.close()
+            self._jsonl = None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,3 +217,75 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+# ------------------------------------------------------------------------------- viewing
+
+
+def free_port(host: str = "127.0.0.1", preferred: int | None = 6006, tries: int = 10) -> int:
+    """``preferred`` or the next of ``tries`` ports after it that can be bound on ``host``;
+    failing that (or with ``preferred=None``), a port the OS picks."""
+    candidates = list(range(preferred, preferred + tries)) if preferred else []
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError(f"no free port on {host}")
+
+
+def tensorboard_command(logdir: str | Path, host: str, port: int) -> list[str]:
+    """The command line of the ``tensorboard`` program (from the tensorboard package, run
+    with this Python) serving ``logdir`` on ``host:port``."""
+    return [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host,
+            "--port", str(port)]
+
+
+def serve_tensorboard(logdir: str | Path, host: str = "127.0.0.1", port: int | None = None,
+                      out: Any = None) -> int:
+    """Run TensorBoard on ``logdir`` until it exits or this process is interrupted/terminated
+    (the server is then stopped too); returns its exit code.
+
+    ``port=None`` takes 6006 or the next free port after it. The URL is printed first.
+    """
+    out = out or sys.stdout
+    if not Path(logdir).is_dir():
+        raise UserError(f"run directory '{logdir}' not found (give train.run_dir of a run)")
+    if not any(Path(logdir).rglob("events.out.tfevents.*")):
+        print(f"note: no event files under {logdir} yet; TensorBoard will pick them up as they "
+              "appear", file=out)
+    port = free_port(host, 6006) if port is None else port
+    shown = f"[{host}]" if ":" in host else host
+    print(f"TensorBoard for {logdir} at http://{shown}:{port}/ (Ctrl+C to stop)", file=out,
+          flush=True)
+    proc = subprocess.Popen(tensorboard_command(logdir, host, port))
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def progress_postfix(m: dict[str, float]) -> dict[str, str]:
+    """The train metrics in short form for the terminal progress bar (those present)."""
+    formats = {"loss": ("loss", "{:.3f}"), "lr": ("lr", "{:.2e}"), "grad_norm": ("gnorm", "{:.2f}"),
+               "tokens_per_sec": ("tok/s", "{:,.0f}"), "tflops_per_device": ("TFLOP/s", "{:.3g}"),
+               "mfu": ("mfu", "{:.1%}")}
+    return {short: fmt.format(m[k]) for k, (short, fmt) in formats.items() if k in m}

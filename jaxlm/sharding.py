@@ -10,6 +10,7 @@ parallel, FSDP, tensor parallel and their combinations are a config change only:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,10 +19,36 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxlm.config import Config, MeshConfig, check_devices
+from jaxlm.config import Config, ConfigError, MeshConfig, check_devices, resolve_mesh_shape
 
 MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def mesh_shapes(cfg: Config, n_devices: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(ici, dcn)``: the (data, fsdp, tensor) sizes within a slice and across slices.
+
+    ``mesh.data/fsdp/tensor`` (with -1 = the rest) divide each slice's ``n_devices / slices``
+    devices; ``mesh.dcn_*`` say how many slices each axis spans. Checks the whole mesh (sizes
+    ``ici * dcn``) against the batch and model like a one-slice mesh (one-line ``ConfigError``).
+    """
+    m = cfg.mesh
+    dcn = (m.dcn_data, m.dcn_fsdp, m.dcn_tensor)
+    slices = math.prod(dcn)
+    if n_devices % slices:
+        raise ConfigError(
+            f"mesh.dcn_data*dcn_fsdp*dcn_tensor = {slices} slices do not divide the "
+            f"{n_devices} devices")
+    try:
+        ici = resolve_mesh_shape(m, n_devices // slices)
+    except ConfigError as e:
+        if slices == 1:
+            raise
+        raise ConfigError(f"within each of the {slices} slices: {e}") from None
+    total = dict(zip(MESH_AXES, (i * d for i, d in zip(ici, dcn, strict=True)), strict=True))
+    flat = m.model_copy(update={**total, "dcn_data": 1, "dcn_fsdp": 1, "dcn_tensor": 1})
+    check_devices(cfg.model_copy(update={"mesh": flat}), n_devices)
+    return tuple(ici), dcn
 
 
 def make_mesh(cfg: Config, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -29,10 +56,35 @@ def make_mesh(cfg: Config, devices: Sequence[jax.Device] | None = None) -> Mesh:
 
     Checks the config against the device count first (one-line ``ConfigError``).
     Auto axes matter: Linen layers do not support ``jax.make_mesh``'s Explicit default.
+    With ``mesh.dcn_*`` > 1 (multi-slice) the mesh is hybrid: each axis is its slices' devices
+    side by side, so the fast interconnect (ICI) carries the within-slice part of every
+    collective and the data-center network (DCN) only the across-slice part.
     """
     devices = list(devices) if devices is not None else jax.devices()
-    shape = check_devices(cfg, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    ici, dcn = mesh_shapes(cfg, len(devices))
+    if math.prod(dcn) == 1:
+        return jax.make_mesh(ici, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return Mesh(hybrid_devices(ici, dcn, devices), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def hybrid_devices(ici: Sequence[int], dcn: Sequence[int],
+                   devices: Sequence[jax.Device]) -> np.ndarray:
+    """The device array of an ICI x DCN mesh (``mesh_utils.create_hybrid_device_mesh``).
+
+    Slices are what TPU devices call ``slice_index``; devices without one (GPU, CPU) count
+    each process (host) as a slice.
+    """
+    from jax.experimental import mesh_utils
+
+    by_slice = hasattr(devices[0], "slice_index")
+    groups = {d.slice_index if by_slice else d.process_index for d in devices}
+    kind = "slices" if by_slice else "processes (devices without a slice index: one per host)"
+    if len(groups) != math.prod(dcn):
+        raise ConfigError(
+            f"mesh.dcn_data*dcn_fsdp*dcn_tensor = {math.prod(dcn)} but the devices form "
+            f"{len(groups)} {kind}; make the dcn_* sizes multiply to {len(groups)}")
+    return mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=not by_slice, allow_split_physical_axes=True)
 
 
 @contextlib.contextmanager

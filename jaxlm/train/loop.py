@@ -19,14 +19,23 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
+from jaxlm.checkpoint import Checkpointer, PreemptionWatcher
 from jaxlm.config import Config
 from jaxlm.data.pipeline import build_pipeline, check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
+from jaxlm.distributed import start as start_process
 from jaxlm.errors import TrainingError
 from jaxlm.generate import sample
-from jaxlm.metrics import MetricsWriter
-from jaxlm.models import DecoderLM, flops_per_token, param_count
-from jaxlm.sharding import Rules, batch_sharding, logical_rules, make_mesh
+from jaxlm.metrics import MetricsWriter, progress_postfix
+from jaxlm.models import DecoderLM, param_count
+from jaxlm.profiling import (
+    StepProfiler,
+    device_memory,
+    memory_summary,
+    peak_flops_per_device,
+    throughput,
+)
+from jaxlm.sharding import Rules, activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.train.optim import lr_schedule, make_optimizer
 from jaxlm.train.state import TrainState, create_train_state
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
@@ -60,6 +69,7 @@ class Run:
 
 def setup(cfg: Config) -> Run:
     """Mesh, tokenizer, model, optimizer and sharded state; config errors surface here first."""
+    start_process(cfg)  # jax.distributed (several processes) and RUN_DIR/logs/process_N.log
     mesh = make_mesh(cfg)  # checks the mesh and batch against the device count
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     check_vocab(tokenizer, cfg.model.vocab_size)
@@ -82,7 +92,12 @@ def evaluate(run: Run) -> dict[str, float] | None:
                           jax.process_count(), repeat=False)
     totals = {"nll": 0.0, "weight": 0.0, "correct": 0.0}
     try:
-        for _, local in zip(range(run.cfg.train.eval_batches), pipe, strict=False):
+        # Every process runs exactly eval_batches steps (the collectives must line up); one
+        # whose finite stream ends first feeds all-padding batches, which weigh nothing.
+        for _ in range(run.cfg.train.eval_batches):
+            local = next(pipe, None)
+            if local is None:
+                local = pipe.padding_batch()
             sums = run.eval_step(run.state.params, to_global(local, run.batch_sharding))
             for k in totals:
                 totals[k] += float(sums[k])
@@ -108,13 +123,27 @@ def _log(run: Run, msg: str) -> None:
         tqdm.write(msg)
 
 
+def _memory_report(run: Run, batch: Any, writer: MetricsWriter, step: int) -> None:
+    """Compile the step for this batch (the first call then reuses the executable) and print
+    and log bytes per device of params, optimizer state and the step's temporaries."""
+    with activate(run.mesh, run.rules):
+        compiled = run.train_step.jitted.lower(run.state, batch).compile()
+    mem = memory_summary(compiled, run.state.params, run.state.opt_state)
+    writer.scalars(step, mem.scalars(), prefix="memory/")
+    _log(run, mem.format())
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Pretrain per ``cfg``; returns the final metrics (train loss, eval loss, perplexity)."""
-    run = setup(cfg)
     t = cfg.train
     run_dir = Path(t.run_dir)
+    profiler = StepProfiler(t.profile_steps, run_dir / "profile", t.steps)  # checks the steps
+    run = setup(cfg)
+    ckpt = Checkpointer(cfg, run.tokenizer, log=lambda msg: _log(run, msg))
+    run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
-                           jsonl=cfg.logging.jsonl)
+                           jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
+    peak_flops = peak_flops_per_device(cfg.logging.peak_tflops)  # measured once on CPU
     writer.config(cfg.to_dict())
     if run.primary:
         (run_dir / "config.json").write_text(cfg.to_json())
@@ -125,18 +154,25 @@ def train(cfg: Config) -> dict[str, Any]:
 
     pipe = build_pipeline(cfg.data, "train", run.local_batch, jax.process_index(),
                           jax.process_count())
+    ckpt.load_data_state(pipe, data_state)
+    preemption = PreemptionWatcher()  # SIGTERM: save after this step and exit
     start = int(run.state.step)
-    tokens_per_step = t.global_batch * cfg.data.seq_len
-    flops_per_step = flops_per_token(cfg.model, cfg.data.seq_len) * tokens_per_step
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (run.primary and cfg.logging.progress))
     last: dict[str, float] = {}
     first_loss: float | None = None
+    preempted = False
     window_start, window_steps = time.perf_counter(), 0
     try:
         for step in range(start, t.steps):
             batch = to_global(next(pipe), run.batch_sharding)
+            if step == start and cfg.logging.memory_summary:
+                _memory_report(run, batch, writer, step)
+            profiler.before(step + 1)
             run.state, metrics = run.train_step(run.state, batch)
+            if profiler.after(step + 1, run.state):
+                writer.event(step + 1, "profile", path=str(profiler.log_dir),
+                             steps=f"{t.profile_steps[0]}-{t.profile_steps[1]}")
             window_steps += 1
             bar.update(1)
             done = step + 1
@@ -150,21 +186,42 @@ def train(cfg: Config) -> dict[str, Any]:
                 elapsed = time.perf_counter() - window_start
                 step_time = elapsed / window_steps
                 last["step_time"] = step_time
-                last["tokens_per_sec"] = tokens_per_step / step_time
-                last["tflops_per_device"] = flops_per_step / step_time / jax.device_count() / 1e12
+                last.update(throughput(cfg.model, cfg.data.seq_len, t.global_batch, step_time,
+                                       jax.device_count(), peak_flops), **device_memory())
                 writer.scalars(done, last, prefix="train/")
-                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec']:,.0f}")
+                bar.set_postfix(progress_postfix(last), refresh=False)
                 window_start, window_steps = time.perf_counter(), 0
+            preempted = preemption.reached(done)
+            if (preempted or ckpt.due(done)) and ckpt.save(done, run.state, pipe.state_dict(),
+                                                           wait=preempted):
+                writer.event(done, "checkpoint", path=str(ckpt.directory / str(done)))
+            if preempted:
+                _log(run, f"preempted at step {done}: {ckpt.describe(done)}; run the same "
+                          "command again to resume")
+                break
             if done % t.eval_every == 0 and done != t.steps:
                 ev = evaluate(run)
                 if ev:
                     writer.scalars(done, ev, prefix="eval/")
                     _log(run, f"step {done}: eval loss {ev['loss']:.4f}, "
                               f"perplexity {ev['perplexity']:.2f}")
+                if t.sample_tokens and cfg.logging.eval_samples:  # all processes run it
+                    writer.text(done, "samples", generate_sample(run, t.sample_prompt,
+                                                                 t.sample_tokens))
                 window_start, window_steps = time.perf_counter(), 0
+    except BaseException:
+        writer.close(success=False)
+        raise
     finally:
+        profiler.close()
         bar.close()
         pipe.close()
+        preemption.close()
+        ckpt.close()  # waits for a save in flight to be final
+
+    if preempted:
+        writer.close()
+        return {"preempted": True, "steps": done, "final_loss": last.get("loss")}
 
     result: dict[str, Any] = {"first_loss": first_loss, "final_loss": last.get("loss"),
                               "steps": t.steps}
@@ -175,7 +232,7 @@ def train(cfg: Config) -> dict[str, Any]:
         _log(run, f"held-out loss {ev['loss']:.4f}, perplexity {ev['perplexity']:.2f}")
     if t.sample_tokens:  # every process runs the (sharded) forward; process 0 logs
         text = generate_sample(run, t.sample_prompt, t.sample_tokens)
-        writer.text(t.steps, "sample", text)
+        writer.text(t.steps, "samples", text)
         result["sample"] = text
         _log(run, f"sample:\n{text}")
     writer.close()

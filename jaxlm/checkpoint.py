@@ -1,0 +1,456 @@
+"""Checkpoints of a training run, written and read with Orbax.
+
+``RUN_DIR/checkpoints/<step>/`` holds four items, written together by one
+``orbax.checkpoint.CheckpointManager`` save:
+
+* ``state``: the :class:`Any` (step, params, optimizer state, RNG) as sharded arrays;
+* ``data``: every process's data-pipeline state (JSON), for an exact resume of the stream;
+* ``config``: the resolved config (JSON), checked for compatibility on resume;
+* ``tokenizer``: which tokenizer was used, its vocabulary size and a hash of it (JSON).
+
+Why this is safe: Orbax writes a step into a temporary directory and renames it only once
+every item and every process has finished (atomic finalize), so a save interrupted by a crash
+or ``kill -9`` never looks like a checkpoint; old steps are deleted only after a newer one is
+final. Saves are asynchronous by default: the arrays are copied to host memory, then written
+by a background thread while training goes on.
+
+Restoring goes through an *abstract* target (shapes, dtypes and the shardings of the current
+mesh), so a checkpoint written on one mesh or process count loads onto another. A latest
+checkpoint that cannot be read is reported and moved aside, and the one before it is used.
+
+:class:`PreemptionWatcher` turns SIGTERM into "stop after this step"; on several processes
+JAX's preemption sync point makes all of them stop at the same step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jaxlm.config import CheckpointConfig, Config
+from jaxlm.errors import TrainingError, UserError
+
+ITEMS = ("state", "data", "config", "tokenizer")
+# Model fields that change how the model is computed but not what its parameters are.
+RUNTIME_MODEL_FIELDS = frozenset({"attention", "dtype", "remat", "dropout"})
+MAX_LISTED = 8  # differences named in one error message
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used as asked (wrong path, other model, other config)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (unreadable) or part of it could not be used."""
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def open_manager(directory: Path, ccfg: CheckpointConfig | None = None) -> ocp.CheckpointManager:
+    """An Orbax manager of ``directory``: writable with ``ccfg``'s policies, else read-only."""
+    if ccfg is None:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                               save_interval_steps=0)
+    else:
+        keep: list[Any] = [policies.LatestN(ccfg.keep)]
+        if ccfg.keep_period:
+            keep.append(policies.EveryNSteps(ccfg.keep_period))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            enable_async_checkpointing=ccfg.async_save, cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(directory.absolute(), options=options,
+                                 item_handlers=item_handlers())
+
+
+def item_handlers(state: ocp.CheckpointHandler | None = None) -> dict[str, Any]:
+    """How each item is written: arrays with Orbax's standard (PyTree) handler, the rest JSON."""
+    return {"state": state or ocp.StandardCheckpointHandler(),
+            **{name: ocp.JsonCheckpointHandler() for name in ITEMS[1:]}}
+
+
+def locate(path: str | Path) -> tuple[Path, int | None]:
+    """``(checkpoints directory, step or None for its latest)`` for a run directory, its
+    ``checkpoints`` directory, or one step directory in it."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint path '{path}' does not exist or is not a directory")
+    if (p / "checkpoints").is_dir():
+        return p / "checkpoints", None
+    if p.name.isdigit() and (p / "state").is_dir():
+        return p.parent, int(p.name)
+    if any(c.name.isdigit() for c in p.iterdir()):
+        return p, None
+    raise CheckpointError(f"'{path}' is not a run directory, a checkpoints directory or a "
+                          "checkpoint step directory")
+
+
+STATE_FIELDS = ("step", "params", "opt_state", "rng")
+
+
+def state_tree(state: Any) -> dict[str, Any]:
+    """The train state (a ``Any``) as the plain dict that is saved (item ``state``)."""
+    return {f: getattr(state, f) for f in STATE_FIELDS}
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs with ``shardings``: the restore target, nothing allocated."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def flat_shapes(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """``{"params/block_0/attn/query/kernel": shape}`` for arrays, array metadata or
+    ShapeDtypeStructs; named tuples count as dicts, as Orbax stores them."""
+    if tree is None:
+        return {}
+    if isinstance(tree, Mapping):
+        items: Any = tree.items()
+    elif hasattr(tree, "_fields"):
+        items = ((f, getattr(tree, f)) for f in tree._fields)
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return {prefix: tuple(tree.shape)} if hasattr(tree, "shape") else {}
+    out: dict[str, tuple[int, ...]] = {}
+    for k, v in items:
+        out.update(flat_shapes(v, f"{prefix}/{k}" if prefix else str(k)))
+    return out
+
+
+def mismatches(saved: Any, target: Any) -> list[str]:
+    """Differences between a checkpoint's tree (metadata) and the expected one, one string
+    each: missing paths, extra paths, other shapes; optimizer-state entries (which mirror
+    the parameters) last."""
+    a, b = flat_shapes(saved), flat_shapes(target)
+    found = []  # (kind, text)
+    for path in a.keys() | b.keys():
+        if path not in a:
+            found.append((0, f"{path} {b[path]}: missing from the checkpoint"))
+        elif path not in b:
+            found.append((1, f"{path} {a[path]}: only in the checkpoint"))
+        elif a[path] != b[path]:
+            found.append((2, f"{path}: checkpoint {a[path]} vs model {b[path]}"))
+    found.sort(key=lambda f: (f[1].startswith("opt_state"), f[0], f[1]))
+    return [text for _, text in found]
+
+
+def describe_mismatch(where: str, diffs: list[str]) -> str:
+    shown = "; ".join(diffs[:MAX_LISTED])
+    more = f"; and {len(diffs) - MAX_LISTED} more" if len(diffs) > MAX_LISTED else ""
+    return (f"{where} does not fit this model ({len(diffs)} differences): {shown}{more}")
+
+
+def tokenizer_reference(cfg: Config, tokenizer: Any) -> dict[str, Any]:
+    """What identifies the tokenizer (item ``tokenizer``): the config's name for it, its
+    vocabulary size and a SHA-256 of its JSON serialization."""
+    return {"tokenizer": cfg.data.tokenizer,
+            "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
+            "sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest()}
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """What makes a saved run incompatible with ``cfg``: the model architecture,
+    ``data.seq_len`` and ``train.global_batch``."""
+    now = cfg.to_dict()
+    keys = [f"model.{k}" for k in now["model"] if k not in RUNTIME_MODEL_FIELDS]
+    keys += ["data.seq_len", "train.global_batch"]
+    return [f"{k}={_get(saved, k)!r} (checkpoint) vs {_get(now, k)!r}"
+            for k in keys if _get(saved, k) != _get(now, k)]
+
+
+def _reason(err: BaseException) -> str:
+    """A one-line cause, preferring an OSError's errno text found in the exception chain."""
+    e: BaseException | None = err
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return f"[Errno {e.errno}] {e.strerror}" + (f": '{e.filename}'" if e.filename else "")
+        e = e.__cause__ or e.__context__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:300]
+
+
+def gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-able ``obj``, in process order (a collective: all must call)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: raw.size] = raw
+    blobs = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(blobs[i, : int(n)].tobytes()) for i, n in enumerate(sizes.reshape(-1))]
+
+
+# ----------------------------------------------------------------------------- checkpointer
+
+
+class Checkpointer:
+    """Saves and restores one run's checkpoints (``RUN_DIR/checkpoints``), per ``cfg``.
+
+    Used by the training loop: :meth:`restore` once at start, :meth:`load_data_state` once
+    the data pipeline exists, :meth:`due`/:meth:`save` after each step, :meth:`close` at
+    the end. All processes call every method; only process 0 writes the JSON items.
+    """
+
+    def __init__(self, cfg: Config, tokenizer: Any, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.ccfg, self.log = cfg, cfg.checkpoint, log
+        self.directory = checkpoint_dir(cfg.train.run_dir)
+        self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
+        self._in_flight: int | None = None  # step of an async save not yet known to be final
+        try:
+            self.manager = open_manager(self.directory, self.ccfg)
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot create the checkpoint directory {self.directory}: {_reason(e)}") from e
+
+    # ------------------------------------------------------------------------ restoring
+
+    def _source(self) -> tuple[ocp.CheckpointManager, list[int], bool]:
+        """Where to resume from: (manager, candidate steps newest first, is this run's own)."""
+        own = sorted(self.manager.all_steps(), reverse=True)
+        resume = self.ccfg.resume
+        if resume == "never":
+            if own:
+                raise CheckpointError(
+                    f"{self.directory} already holds checkpoints (latest step {own[0]}) and "
+                    "checkpoint.resume=never; use a new train.run_dir, remove them, or resume")
+            return self.manager, [], True
+        if resume == "auto":
+            return self.manager, own, True
+        directory, step = locate(resume)
+        if directory.resolve() == self.directory.resolve():
+            if step is not None and own and step != own[0]:
+                raise CheckpointError(
+                    f"checkpoint.resume points to step {step} of this run but step {own[0]} "
+                    "is newer; remove the later steps first or use a new train.run_dir")
+            return self.manager, [step] if step is not None else own, True
+        if own:
+            self.log(f"checkpoint: {self.directory} already has checkpoints; continuing from "
+                     f"step {own[0]} instead of {resume}")
+            return self.manager, own, True
+        other = open_manager(directory)
+        steps = [step] if step is not None else sorted(other.all_steps(), reverse=True)
+        if not steps or (step is not None and step not in other.all_steps()):
+            raise CheckpointError(f"checkpoint.resume={resume}: no complete checkpoint there")
+        return other, steps, False
+
+    def restore(self, state: Any, shardings: Any) -> tuple[Any, Any]:
+        """``(state, data_item)`` from the checkpoint chosen by ``checkpoint.resume``, restored
+        onto ``shardings`` (both ``TrainState``s); ``(state, None)`` when starting afresh."""
+        manager, steps, own = self._source()
+        target = abstract_like(state_tree(state), state_tree(shardings))
+        for i, step in enumerate(steps):
+            where = manager.directory / str(step)
+            try:
+                meta = manager.restore(step, args=ocp.args.Composite(
+                    config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
+                saved_tree = manager.item_metadata(step)["state"]
+                saved_tree = getattr(saved_tree, "tree", saved_tree)
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+                self._skip(manager, step, steps[i + 1:], own, e)
+                continue
+            self._check_compatible(where, meta.config, meta.tokenizer)
+            diffs = mismatches(saved_tree, target)
+            if diffs:
+                raise CheckpointError(describe_mismatch(f"checkpoint {where}", diffs))
+            try:
+                out = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001
+                self._skip(manager, step, steps[i + 1:], own, e)
+                continue
+            self.log(f"checkpoint: resumed from {where} (step {step})")
+            return state.replace(**out.state), out.data
+        if steps:
+            raise CheckpointError(f"no readable checkpoint in {manager.directory} (tried steps "
+                                  f"{', '.join(map(str, steps))}); use checkpoint.resume=never "
+                                  "with a new train.run_dir to start afresh")
+        return state, None
+
+    def _skip(self, manager: ocp.CheckpointManager, step: int, rest: list[int], own: bool,
+              err: Exception) -> None:
+        """Warn about an unreadable step; move this run's own aside so the step can be redone."""
+        moved = ""
+        if own:
+            aside = self.directory.parent / "checkpoints_corrupt" / f"{step}-{time.time():.0f}"
+            if jax.process_index() == 0:
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                (self.directory / str(step)).rename(aside)
+            _sync(f"jaxlm_ckpt_skip_{step}")
+            self.manager.reload()
+            moved = f" (moved to {aside})"
+        then = f"using step {rest[0]}" if rest else "no earlier checkpoint"
+        msg = (f"checkpoint {manager.directory / str(step)} is unreadable{moved}: "
+               f"{_reason(err)}; {then}")
+        warnings.warn(msg, CheckpointWarning, stacklevel=3)
+        self.log(f"warning: {msg}")
+
+    def _check_compatible(self, where: Path, saved_cfg: dict[str, Any],
+                          saved_tok: dict[str, Any]) -> None:
+        diffs = config_differences(saved_cfg, self.cfg)
+        if saved_tok.get("sha256") != self.tokenizer_ref["sha256"]:
+            diffs.append(f"tokenizer {saved_tok.get('tokenizer')!r} (checkpoint) differs from "
+                         f"{self.tokenizer_ref['tokenizer']!r}")
+        if not diffs:
+            return
+        if self.ccfg.allow_config_change:
+            self.log(f"warning: resuming {where} despite config changes: {'; '.join(diffs)}")
+            return
+        raise CheckpointError(
+            f"the checkpoint {where} was made with another config ({'; '.join(diffs)}); use a "
+            "new train.run_dir, or set checkpoint.allow_config_change=true to resume anyway")
+
+    def load_data_state(self, pipe: Any, data_item: dict[str, Any] | None) -> None:
+        """Put the data pipeline back where the checkpoint left it (this process's part)."""
+        if data_item is None:
+            return
+        n, states = data_item.get("process_count"), data_item.get("states")
+        why = None
+        if n != jax.process_count() or not states:
+            why = f"it was saved by {n} process(es) and this run has {jax.process_count()}"
+        else:
+            try:
+                pipe.load_state_dict(states[jax.process_index()])
+            except ValueError as e:  # DataError: another stream / data config
+                if not self.ccfg.allow_config_change:
+                    raise CheckpointError(f"{e}; or set checkpoint.allow_config_change=true to "
+                                          "start the data stream afresh") from None
+                why = str(e)
+        if why:
+            msg = f"the data stream starts afresh instead of resuming: {why}"
+            warnings.warn(msg, CheckpointWarning, stacklevel=2)
+            self.log(f"warning: {msg}")
+
+    # --------------------------------------------------------------------------- saving
+
+    def due(self, step: int) -> bool:
+        """A regular save is due after ``step`` (every N steps and at the last step)."""
+        return step % self.ccfg.every == 0 or step == self.cfg.train.steps
+
+    def save(self, step: int, state: Any, data_state: dict[str, Any], *,
+             wait: bool = False) -> bool:
+        """Save everything after ``step``; ``wait`` blocks until it is final on disk.
+
+        Returns False if this step was already saved. A failure to write (full disk, no
+        permission) raises :class:`TrainingError`; complete checkpoints are left as they are.
+        """
+        if step in self.manager.all_steps():
+            if wait:
+                self.wait()
+            return False
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state_tree(state)),
+            data=ocp.args.JsonSave({"process_count": jax.process_count(),
+                                    "states": gather_json(data_state)}),
+            config=ocp.args.JsonSave(self.cfg.to_dict()),
+            tokenizer=ocp.args.JsonSave(self.tokenizer_ref))
+        try:
+            self.manager.save(step, args=args, force=True)
+        except Exception as e:  # noqa: BLE001 - reported as one clear TrainingError
+            raise self._failed(self._in_flight or step, e) from e
+        self._in_flight = step
+        if wait or not self.ccfg.async_save:
+            self.wait()
+        return True
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is final; raise if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(self._in_flight, e) from e
+        self._in_flight = None
+
+    def _failed(self, step: int | None, err: Exception) -> TrainingError:
+        try:
+            self.manager.reload()
+            latest = self.manager.latest_step()
+        except Exception:  # noqa: BLE001
+            latest = None
+        kept = (f"checkpoints already written are intact (latest complete: step {latest})"
+                if latest is not None else "no complete checkpoint exists yet")
+        return TrainingError(
+            f"could not write checkpoint step {step} to {self.directory}: {_reason(err)}; "
+            f"{kept}; free disk space or fix permissions, then rerun to resume")
+
+    def describe(self, step: int) -> str:
+        return (f"saved {self.directory / str(step)}: train state (step {step}, params, "
+                "optimizer state, RNG), data-pipeline state, config and tokenizer reference")
+
+    def close(self) -> None:
+        """Wait for a save in flight, then release Orbax's threads."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ------------------------------------------------------------------------------ preemption
+
+
+class PreemptionWatcher:
+    """Answers "stop and save after this step?" once SIGTERM has arrived.
+
+    One process: a SIGTERM handler sets a flag (the step in progress finishes first, since
+    Python runs handlers between bytecodes). Several processes: JAX's preemption service
+    (started by ``jax.distributed.initialize``) catches SIGTERM on any of them and
+    ``multihost_utils.reached_preemption_sync_point`` turns true at the same step on all, so
+    every process saves the same step. Call :meth:`reached` after every step on every process.
+    """
+
+    def __init__(self) -> None:
+        self.multi = jax.process_count() > 1
+        self._flag = False
+        self._previous: Any = None
+        if not self.multi and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._flag = True
+
+    def reached(self, step: int) -> bool:
+        if not self.multi:
+            return self._flag
+        from jax.experimental import multihost_utils
+
+        try:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        except RuntimeError:  # the preemption service is disabled
+            return False
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None

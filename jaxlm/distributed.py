@@ -1,0 +1,411 @@
+"""Multi-process runs: starting ``jax.distributed``, per-process logs, failing fast.
+
+One jaxlm run on several hosts is several identical processes, one per host (or per GPU),
+that find each other through a coordinator (process 0) and then run the same jitted program
+on a mesh over all their devices. :func:`start` does the per-process set-up, once, before
+anything touches a device:
+
+* **Who am I.** The coordinator address, process count and process id come from, in order:
+  the config (``distributed.*``), the environment (``JAXLM_COORDINATOR_ADDRESS``,
+  ``JAXLM_NUM_PROCESSES``, ``JAXLM_PROCESS_ID``; ``JAX_COORDINATOR_ADDRESS`` also works),
+  or JAX's own cluster detection, used when a cluster is recognized from its environment:
+  Cloud TPU VMs and GKE TPU pods, SLURM steps with several tasks, Open MPI (``mpirun``).
+  Nothing of that (a laptop, a single GPU box) means one process and no coordinator.
+* **Logs.** Every process writes ``RUN_DIR/logs/process_N.log`` (or ``$JAXLM_LOG_DIR``).
+  In a multi-process run it is a transcript of everything the process writes to stdout and
+  stderr, at the file-descriptor level, so JAX/XLA runtime messages and fatal errors are in
+  it too (progress-bar redraws are reduced to their final state). In a one-process run it
+  holds jaxlm's log records. Only process 0 prints progress and writes metrics (the loop).
+* **Failing in bounded time.** JAX's coordination service (on process 0) expects a heartbeat
+  from every process; when one dies or hangs for ``distributed.heartbeat_timeout`` seconds,
+  the service tells all others and JAX terminates them with ``Terminating process because the
+  JAX distributed service detected fatal errors ... The following tasks are unhealthy
+  (stopped sending heartbeats)`` (exit status 134, SIGABRT). If process 0 itself dies, the
+  others fail at once (the coordinator's socket closes). A process that *fails* in Python
+  (an exception, a bad checkpoint) calls :func:`exit_if_failed`, which ends it immediately
+  instead of waiting at JAX's shutdown barrier (up to ``shutdown_timeout``, with everyone
+  else stuck in a collective), so the others learn of it within the heartbeat timeout.
+
+Relaunching the same command then resumes from the last checkpoint (``checkpoint.resume``
+is ``auto`` by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jaxlm.config import Config, DistributedConfig
+from jaxlm.errors import TrainingError, UserError
+
+log = logging.getLogger("jaxlm")
+
+ENV_COORDINATOR = "JAXLM_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAXLM_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAXLM_PROCESS_ID"
+ENV_LOG_DIR = "JAXLM_LOG_DIR"
+FATAL_MARKER = "JAX distributed service detected fatal errors"  # JAX's message, for tests/docs
+
+
+class DistributedError(UserError):
+    """The multi-process settings are incomplete or contradictory (one line, exit code 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How :func:`initialize` will call ``jax.distributed.initialize``, and why."""
+
+    kwargs: dict[str, Any]
+    source: str  # "config/environment", or the detected cluster: "slurm", "ompi", "tpu", ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessInfo:
+    """This process's place in the run, as known after :func:`initialize`."""
+
+    index: int
+    count: int
+    source: str  # "single" when jax.distributed was not started
+    coordinator: str | None = None
+    heartbeat_timeout: int | None = None
+
+    @property
+    def multi(self) -> bool:
+        return self.count > 1
+
+
+_info: ProcessInfo | None = None
+_log_path: Path | None = None
+_file_handler: logging.Handler | None = None
+_tees: list[subprocess.Popen] = []
+
+
+# ------------------------------------------------------------------------------ detection
+
+
+def _has_tpu_chips() -> bool:
+    """True on a machine with Google TPU chips (PCI vendor 0x1ae0), as JAX itself checks."""
+    try:
+        vendors = Path("/sys/bus/pci/devices").glob("*/vendor")
+        return any(v.read_text().strip() == "0x1ae0" for v in vendors)
+    except OSError:
+        return False
+
+
+def _positive(environ: Mapping[str, str], key: str) -> int:
+    try:
+        return int(environ.get(key, "1"))
+    except ValueError:
+        return 1
+
+
+def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
+    """The multi-process cluster this process runs in, judged from its environment only.
+
+    ``"slurm"`` (an ``srun`` step of several tasks), ``"ompi"`` (``mpirun`` with several
+    ranks), ``"gke-tpu"`` (a TPU pod on GKE), ``"tpu"`` (a Cloud TPU VM; JAX asks the metadata
+    server for the workers) or ``None``. These are the environments JAX's
+    ``jax.distributed.initialize()`` fills in by itself.
+    """
+    env = os.environ if environ is None else environ
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+             "SLURM_LOCALID")
+    if all(k in env for k in slurm) and _positive(env, "SLURM_NTASKS") > 1:
+        return "slurm"
+    if "OMPI_MCA_orte_hnp_uri" in env and _positive(env, "OMPI_COMM_WORLD_SIZE") > 1:
+        return "ompi"
+    if env.get("TPU_WORKER_HOSTNAMES") or env.get("TPU_PROCESS_ADDRESSES"):
+        return "gke-tpu"
+    if environ is None and _has_tpu_chips() and not env.get("TPU_SKIP_MDS_QUERY"):
+        return "tpu"
+    return None
+
+
+def _env_int(env: Mapping[str, str], key: str) -> int | None:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise DistributedError(f"environment variable {key}={raw!r} is not an integer") from None
+
+
+def plan(cfg: DistributedConfig, environ: Mapping[str, str] | None = None) -> Plan | None:
+    """Decide whether and how to start ``jax.distributed``; ``None`` means one process.
+
+    Explicit values (config first, then ``JAXLM_*`` environment variables) win; what they
+    leave open is filled in by JAX's cluster detection where a cluster is detected.
+    """
+    env = os.environ if environ is None else environ
+    if cfg.mode == "off":
+        return None
+    coordinator = (cfg.coordinator_address or env.get(ENV_COORDINATOR)
+                   or env.get("JAX_COORDINATOR_ADDRESS") or None)
+    num = cfg.num_processes if cfg.num_processes is not None else _env_int(env, ENV_NUM_PROCESSES)
+    pid = cfg.process_id if cfg.process_id is not None else _env_int(env, ENV_PROCESS_ID)
+    cluster = detect_cluster(environ)
+    explicit = any(v is not None for v in (coordinator, num, pid))
+    if not explicit and cluster is None:
+        if cfg.mode == "on":
+            raise DistributedError(
+                "distributed.mode=on but no cluster was detected and no coordinator is set; set "
+                f"distributed.coordinator_address/num_processes/process_id (or {ENV_COORDINATOR}"
+                f", {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})")
+        return None
+    if cluster is None:
+        missing = [name for name, v in (("coordinator_address", coordinator),
+                                        ("num_processes", num), ("process_id", pid)) if v is None]
+        if missing:
+            raise DistributedError(
+                f"a multi-process run needs distributed.{', distributed.'.join(missing)} (or "
+                f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); only some are set "
+                "and no cluster was detected to fill in the rest")
+        assert num is not None and pid is not None
+        if not 0 <= pid < num:
+            raise DistributedError(f"process id {pid} is not in [0, {num}) "
+                                   f"(num_processes={num})")
+        if ":" not in coordinator.rsplit("]", 1)[-1]:
+            raise DistributedError(f"coordinator address {coordinator!r} needs a port: host:port")
+    kwargs: dict[str, Any] = dict(
+        coordinator_address=coordinator, num_processes=num, process_id=pid,
+        local_device_ids=cfg.local_device_ids,
+        initialization_timeout=cfg.initialization_timeout,
+        heartbeat_timeout_seconds=cfg.heartbeat_timeout,
+        shutdown_timeout_seconds=cfg.shutdown_timeout,
+    )
+    return Plan(kwargs, "config/environment" if explicit else cluster)
+
+
+# ---------------------------------------------------------------------------- initializing
+
+
+def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None) -> ProcessInfo:
+    """Start ``jax.distributed`` if this run has several processes (see :func:`plan`).
+
+    Idempotent: later calls return the first result. Must run before any JAX computation.
+    Raises :class:`DistributedError` for incomplete settings and :class:`TrainingError` when
+    the processes cannot connect within ``distributed.initialization_timeout``.
+    """
+    global _info
+    if _info is not None:
+        return _info
+    import jax
+
+    if jax.distributed.is_initialized():  # started by the caller (a notebook, a test harness)
+        _info = ProcessInfo(jax.process_index(), jax.process_count(), "caller")
+        _after_start()
+        return _info
+    p = plan(cfg, environ)
+    if p is None:
+        _info = ProcessInfo(0, 1, "single")
+        return _info
+    kw = p.kwargs
+    where = (f"process {kw['process_id']} of {kw['num_processes']}"
+             if kw["process_id"] is not None else "this process")
+    try:
+        jax.distributed.initialize(**kw)
+    except RuntimeError as e:
+        text = str(e)
+        if "must be called before" in text:  # JAX computations already ran here
+            raise DistributedError(
+                "jax.distributed must be started before any JAX computation; call "
+                "jaxlm.distributed.start(cfg) first thing") from None
+        raise TrainingError(
+            f"{where} could not join the run at {kw['coordinator_address'] or p.source} "
+            f"within distributed.initialization_timeout={kw['initialization_timeout']}s: "
+            f"{_first_line(text)}; check that every process was started with the same "
+            "coordinator and process count, and that the port is reachable") from None
+    except ValueError as e:  # a detected cluster that could not supply all the values
+        raise DistributedError(f"jax.distributed could not be set up from the {p.source} "
+                               f"environment: {_first_line(str(e))}") from None
+    coordinator = kw["coordinator_address"] or f"auto-detected ({p.source})"
+    _info = ProcessInfo(jax.process_index(), jax.process_count(), p.source, coordinator,
+                        cfg.heartbeat_timeout)
+    _after_start()
+    return _info
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:400] if lines else "unknown error"
+
+
+def _after_start() -> None:
+    """Multi-process only: uncaught exceptions end this process at once (see module doc)."""
+    if _info is None or not _info.multi:
+        return
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        previous(kind, value, tb)
+        print(f"jaxlm: error: {describe_failure(value)}", file=sys.stderr)
+        exit_if_failed(1)
+
+    sys.excepthook = hook
+
+
+_PEER_SIGNS = ("gloo", "nccl", "coordination service", "connection reset", "socket closed",
+               "deadline_exceeded", "unavailable", "barrier")
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line for an uncaught exception in a multi-process run, naming the likely cause
+    when it is a failed collective or coordination call (another process died or hung)."""
+    me = info()
+    what = f"process {me.index} of {me.count} failed: {type(err).__name__}: {_first_line(str(err))}"
+    if any(sign in str(err).lower() for sign in _PEER_SIGNS):
+        what += ("; a collective or coordination call with the other processes failed, so "
+                 "another process has probably died or hung (see its log in RUN_DIR/logs/); "
+                 "relaunch the same command to resume from the last checkpoint")
+    return what
+
+
+def info() -> ProcessInfo:
+    """This process's place in the run (one process until :func:`initialize` says more)."""
+    return _info if _info is not None else ProcessInfo(0, 1, "single")
+
+
+def exit_if_failed(code: int) -> None:
+    """End a failed process of a multi-process run now, skipping JAX's shutdown barrier.
+
+    A normal exit waits at that barrier for every other process (up to
+    ``distributed.shutdown_timeout``) while the others wait for this one in their next
+    collective; exiting at once lets them see the missing heartbeats and stop within
+    ``distributed.heartbeat_timeout``. Does nothing for ``code == 0`` or one process.
+    """
+    if code == 0 or _info is None or not _info.multi:
+        return
+    log.error("process %d of %d failed (exit code %d); ending it now so that the other "
+              "processes stop too", _info.index, _info.count, code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
+# -------------------------------------------------------------------------------- logging
+
+
+def log_dir(run_dir: str | Path) -> Path:
+    """Where the per-process logs go: ``$JAXLM_LOG_DIR`` or ``RUN_DIR/logs`` (for a remote
+    run directory such as ``gs://...``, ``./logs``)."""
+    if os.environ.get(ENV_LOG_DIR):
+        return Path(os.environ[ENV_LOG_DIR])
+    if "://" in str(run_dir):
+        return Path("logs")
+    return Path(run_dir) / "logs"
+
+
+# The tee: a tiny child process copying a pipe to the original stream and to the log file.
+# A separate process (not a thread) so nothing is lost when this one dies abruptly (SIGABRT
+# from JAX, SIGKILL): it reads to EOF and exits. Carriage-return redraws keep their last state.
+_TEE = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+log = open(sys.argv[1], "ab")
+out_ok = True
+pending = b""
+while True:
+    chunk = os.read(0, 1 << 16)
+    if not chunk:
+        break
+    view = memoryview(chunk)
+    while out_ok and view:
+        try:
+            view = view[os.write(1, view):]
+        except OSError:
+            out_ok = False
+    pending += chunk
+    *lines, pending = pending.split(b"\n")
+    for line in lines:
+        log.write(line.rstrip(b"\r").rsplit(b"\r", 1)[-1] + b"\n")
+    cut = pending.rfind(b"\r")
+    if cut > 0:
+        pending = pending[cut:]
+    log.flush()
+if pending.strip(b"\r"):
+    log.write(pending.rsplit(b"\r", 1)[-1] + b"\n")
+log.close()
+"""
+
+
+def _tee_fd(fd: int, path: Path) -> subprocess.Popen:
+    """Route file descriptor ``fd`` through a tee child into ``path`` (and where it went)."""
+    original = os.dup(fd)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _TEE, str(path)], stdin=subprocess.PIPE,
+            stdout=original, stderr=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(original)
+    assert child.stdin is not None
+    os.dup2(child.stdin.fileno(), fd)
+    child.stdin.close()
+    return child
+
+
+def setup_process_log(run_dir: str | Path, process_index: int | None = None,
+                      capture: bool | None = None) -> Path:
+    """Start ``process_N.log`` for this process (see the module doc); returns its path.
+
+    ``capture`` (default: several processes) sends the process's whole stdout and stderr
+    there too, at the file-descriptor level; otherwise the file gets the ``jaxlm`` logger's
+    records. Called again with the same directory it does nothing.
+    """
+    global _log_path, _file_handler
+    me = info()
+    index = me.index if process_index is None else process_index
+    capture = me.multi if capture is None else capture
+    path = log_dir(run_dir) / f"process_{index}.log"
+    if _log_path is not None and (_tees or path == _log_path):
+        return _log_path  # the transcript of this process already runs elsewhere
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(f"%(asctime)s jaxlm[{index}] %(levelname)s %(message)s",
+                            "%Y-%m-%d %H:%M:%S")
+    log.setLevel(logging.INFO)
+    if _file_handler is not None:
+        log.removeHandler(_file_handler)
+        _file_handler.close()
+        _file_handler = None
+    if capture:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _tees.extend(_tee_fd(fd, path) for fd in (1, 2))
+        if not any(getattr(h, "_jaxlm", False) for h in log.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(fmt)
+            handler._jaxlm = True  # type: ignore[attr-defined]
+            log.addHandler(handler)
+            log.propagate = False
+    else:
+        _file_handler = logging.FileHandler(path, encoding="utf-8")
+        _file_handler.setFormatter(fmt)
+        log.addHandler(_file_handler)
+    _log_path = path
+    return path
+
+
+def start(cfg: Config) -> ProcessInfo:
+    """Everything a process does first: :func:`initialize`, then :func:`setup_process_log`
+    in ``cfg.train.run_dir``. Safe to call more than once."""
+    first = _log_path is None
+    me = initialize(cfg.distributed)
+    path = setup_process_log(cfg.train.run_dir)
+    if me.multi and first:
+        import jax
+
+        log.info("process %d of %d joined the run (%s, coordinator %s): %d of %d devices are "
+                 "local; a process that stops for %ds stops the run; log: %s", me.index,
+                 me.count, me.source, me.coordinator, jax.local_device_count(),
+                 jax.device_count(), me.heartbeat_timeout, path)
+    return me

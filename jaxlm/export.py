@@ -1,0 +1,164 @@
+"""Parameters only: ``jaxlm export`` and :func:`load_params`.
+
+An export is a directory with ``model.safetensors`` (the parameters, keyed by their path in
+the parameter tree, e.g. ``block_0/attn/query/kernel``; float32 or bfloat16; no pickle),
+``config.json`` (the run's resolved config) and, when the tokenizer could be loaded,
+``tokenizer.json``. It is what fine-tuning and generation need, without the optimizer state
+(two thirds of a checkpoint with AdamW).
+
+:func:`load_params` reads parameters from an export *or* from a full checkpoint (a run
+directory, its ``checkpoints`` directory or one step directory), checks them against the
+expected tree and places every array with the sharding the caller asks for, so it works on
+any mesh and process count.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxlm.checkpoint import (
+    CheckpointError,
+    describe_mismatch,
+    item_handlers,
+    locate,
+    mismatches,
+)
+
+WEIGHTS = "model.safetensors"
+DTYPES = ("float32", "bfloat16")
+
+
+def _latest(directory: Path, step: int | None) -> tuple[ocp.CheckpointManager, int]:
+    """A read-only manager whose ``state`` handler can restore a part of the tree, and the
+    step to read."""
+    manager = ocp.CheckpointManager(
+        directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                  save_interval_steps=0),
+        item_handlers=item_handlers(ocp.PyTreeCheckpointHandler()))
+    steps = manager.all_steps()
+    if step is None:
+        if not steps:
+            raise CheckpointError(f"no complete checkpoint in {directory}")
+        step = max(steps)
+    elif step not in steps:
+        raise CheckpointError(f"no complete checkpoint of step {step} in {directory}; "
+                              f"there are steps {sorted(steps)}")
+    return manager, step
+
+
+def _restore_params(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+    """Only the ``params`` of a full checkpoint's ``state`` (the optimizer state stays on disk)."""
+    saved = manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    diffs = mismatches(saved.get("params"), target)
+    if diffs:
+        raise CheckpointError(describe_mismatch(f"checkpoint {manager.directory / str(step)}",
+                                                diffs))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": target},
+        restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)},
+        partial_restore=True)))
+    return restored.state["params"]
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def export(path: str | Path, out: str | Path, dtype: str = "float32",
+           step: int | None = None) -> Path:
+    """Write the parameters of the latest (or ``step``'s) checkpoint under ``path`` to ``out``.
+
+    Runs in one process; each array is gathered to host memory, cast to ``dtype`` and written
+    with safetensors. Returns the path of the weights file.
+    """
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
+    directory, found = locate(path)
+    manager, step = _latest(directory, step if step is not None else found)
+    saved = manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          saved["params"])
+    params = _restore_params(manager, step, target)
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
+    flat = {k: np.asarray(v).astype(np_dtype) for k, v in _flat_arrays(params).items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(flat, str(out / WEIGHTS), metadata={"format": "jaxlm", "step": str(step),
+                                                  "dtype": dtype})
+    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    _copy_tokenizer(config.get("data", {}).get("tokenizer", "default"), out)
+    return out / WEIGHTS
+
+
+def _name(keypath: Any) -> str:
+    return jax.tree_util.keystr(keypath, simple=True, separator="/")
+
+
+def _flat_arrays(tree: Any) -> dict[str, Any]:
+    """``{"block_0/attn/query/kernel": array}``: the safetensors keys of a parameter tree."""
+    return {_name(kp): x for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _copy_tokenizer(spec: str, out: Path) -> None:
+    """Save the run's tokenizer next to the weights, so the export stands alone."""
+    from jaxlm.data.tokenizer import load_tokenizer
+
+    try:
+        load_tokenizer(spec).save(str(out / "tokenizer.json"))
+    except Exception:  # noqa: BLE001 - optional: the config still names the tokenizer
+        pass
+
+
+def _place(host: np.ndarray, like: jax.ShapeDtypeStruct) -> jax.Array:
+    """A host array as a global array with ``like``'s dtype and sharding (each process
+    supplies only the shards of its own devices)."""
+    return jax.make_array_from_callback(like.shape, like.sharding,
+                                        lambda idx: np.asarray(host[idx], like.dtype))
+
+
+def is_export(path: str | Path) -> bool:
+    p = Path(path)
+    return p.suffix == ".safetensors" or (p / WEIGHTS).is_file()
+
+
+def load_params(path: str | Path, abstract_params: Any, step: int | None = None) -> Any:
+    """Parameters from an export or a full checkpoint, placed as ``abstract_params`` says.
+
+    ``abstract_params`` is the expected parameter tree of ``jax.ShapeDtypeStruct`` leaves
+    with shardings (e.g. ``abstract_like(params, param_shardings)``); values are cast to its
+    dtypes. A different tree or shapes raise :class:`CheckpointError` naming the paths.
+    """
+    if is_export(path):
+        from safetensors.numpy import load_file
+
+        p = Path(path)
+        flat = load_file(str(p if p.suffix == ".safetensors" else p / WEIGHTS))
+        diffs = mismatches(_unflatten(flat), abstract_params)
+        if diffs:
+            raise CheckpointError(describe_mismatch(f"export {path}", diffs))
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+        arrays = [_place(flat[_name(kp)], s) for kp, s in leaves]
+        return jax.tree.unflatten(treedef, arrays)
+    directory, found = locate(path)
+    manager, step = _latest(directory, step if step is not None else found)
+    return _restore_params(manager, step, abstract_params)

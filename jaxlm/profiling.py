@@ -1,0 +1,254 @@
+"""How fast and how big: peak FLOP/s, MFU, ``jax.profiler`` traces and a memory summary.
+
+* **Peak FLOP/s per device** comes from a table of known TPU and GPU types (dense bf16, as
+  the vendors publish it); on CPU there is no such number, so it is *measured* once per
+  process with a bf16×bf16→f32 matmul (the fastest dot XLA:CPU has) and divided among the
+  local CPU devices, since fake devices share the same cores.
+* **MFU** = model FLOPs per second per device / peak. Model FLOPs come from
+  :func:`jaxlm.models.flops.flops_per_token`, the one place they are counted.
+* **Traces**: ``train.profile_steps=[a, b]`` records steps a..b (inclusive, numbered as they
+  are logged: step k is the k-th update) into ``RUN_DIR/profile``, which TensorBoard's profile
+  plugin (``pip install tensorboard-plugin-profile``) shows under the run ``profile``.
+* **Memory**: bytes per device of parameters and optimizer state (from their shardings) and
+  the compiled step's temporaries (from ``memory_analysis()``), printed at start-up so an
+  out-of-memory is predicted rather than met.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import ConfigError, ModelConfig
+from jaxlm.models.flops import flops_per_token
+
+# Dense bf16 peak FLOP/s per *JAX device*, matched as a lower-case substring of
+# ``device.device_kind``, first match wins (so more specific names come first). TPU v2/v3
+# expose each of a chip's two cores as a device, hence the halved per-chip figures.
+PEAK_FLOPS: list[tuple[str, float]] = [
+    # Google TPUs (cloud.google.com/tpu/docs/<version>)
+    ("tpu v2", 45e12 / 2),
+    ("tpu v3", 123e12 / 2),
+    ("tpu v4 lite", 137.5e12),
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),  # v5e
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),  # v5p reports itself as "TPU v5"
+    ("tpu v6 lite", 918e12),  # v6e (Trillium)
+    ("tpu v6e", 918e12),
+    # NVIDIA GPUs (datasheets; dense tensor-core bf16, i.e. half the "with sparsity" figure)
+    ("gb200", 2.5e15),
+    ("b200", 2.25e15),
+    ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),
+    ("h100", 989e12),  # SXM (device_kind "NVIDIA H100 80GB HBM3")
+    ("h200", 989e12),  # also matches GH200
+    ("h800", 989e12),
+    ("a100", 312e12),
+    ("a800", 312e12),
+    ("a10g", 70e12),
+    ("a10", 125e12),
+    ("l40s", 362e12),
+    ("l40", 181e12),
+    ("l4", 121e12),
+    ("a6000", 154.8e12),
+    ("v100", 125e12),  # fp16: V100 has no bf16
+    ("t4", 65e12),  # fp16
+    # AMD
+    ("mi300x", 1307e12),
+    ("mi250x", 383e12 / 2),  # one device per GCD
+]
+
+
+def table_peak_flops(device_kind: str) -> float | None:
+    """Peak FLOP/s of one device of this kind from :data:`PEAK_FLOPS`; None when unknown."""
+    kind = device_kind.lower()
+    return next((flops for name, flops in PEAK_FLOPS if name in kind), None)
+
+
+@functools.cache
+def measure_cpu_peak_flops(budget_s: float = 0.8) -> float:
+    """FLOP/s of this host's CPU, measured once per process (cached): the best of a few
+    bf16×bf16→f32 matmuls, doubled in size (256 to 2048) until one takes 20 ms or half of
+    ``budget_s`` is spent; well under a second of start-up.
+
+    The whole machine's rate (XLA:CPU uses every core for one dot): divide by the number of
+    CPU devices in this process for a per-device figure (see :func:`peak_flops_per_device`).
+    """
+    dev = jax.local_devices(backend="cpu")[0]
+    dims = (((1,), (0,)), ((), ()))
+    matmul = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims,
+                                                      preferred_element_type=jnp.float32))
+    start, best, n = time.perf_counter(), 0.0, 256
+    while True:
+        a = jax.device_put(jnp.ones((n, n), jnp.bfloat16), dev)
+        matmul(a, a).block_until_ready()  # compile and warm up
+        fastest = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            matmul(a, a).block_until_ready()
+            fastest = min(fastest, time.perf_counter() - t)
+        best = max(best, 2 * n**3 / fastest)
+        if fastest > 0.02 or n >= 2048 or time.perf_counter() - start > budget_s / 2:
+            return best
+        n *= 2
+
+
+def peak_flops_per_device(override_tflops: float | None = None) -> float | None:
+    """The MFU denominator: ``override_tflops`` if given, else the table for the local device
+    kind, else (CPU) the measured host rate split over this process's CPU devices.
+
+    None for an accelerator missing from the table (MFU is then not logged; set
+    ``logging.peak_tflops``).
+    """
+    if override_tflops is not None:
+        return override_tflops * 1e12
+    dev = jax.local_devices()[0]
+    if dev.platform == "cpu":
+        return measure_cpu_peak_flops() / len(jax.local_devices(backend="cpu"))
+    return table_peak_flops(dev.device_kind)
+
+
+def throughput(
+    model: ModelConfig, seq_len: int, global_batch: int, step_time: float, n_devices: int,
+    peak_flops: float | None,
+) -> dict[str, float]:
+    """Tokens/s, model TFLOP/s per device and (when the peak is known) MFU for one step.
+
+    Model FLOPs count the useful work only (no rematerialisation), as MFU is defined.
+    """
+    tokens = global_batch * seq_len
+    flops_per_device = flops_per_token(model, seq_len) * tokens / step_time / n_devices
+    out = {"tokens_per_sec": tokens / step_time, "tflops_per_device": flops_per_device / 1e12}
+    if peak_flops:
+        out["mfu"] = flops_per_device / peak_flops
+    return out
+
+
+def device_memory() -> dict[str, float]:
+    """Bytes in use / peak on the first local device, where the backend reports it (GPU,
+    TPU; not CPU), as GiB scalars for the train log."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    out = {}
+    if "bytes_in_use" in stats:
+        out["memory_in_use_gib"] = stats["bytes_in_use"] / 2**30
+    if "peak_bytes_in_use" in stats:
+        out["memory_peak_gib"] = stats["peak_bytes_in_use"] / 2**30
+    return out
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+def bytes_per_device(tree: Any) -> int:
+    """Bytes one device holds of a pytree of (possibly sharded) arrays: each leaf's shard size
+    from its sharding (the largest shard, for uneven splits), summed."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            continue
+        sharding = getattr(leaf, "sharding", None)
+        shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySummary:
+    """Bytes per device: state (params + optimizer), and the compiled step's own buffers."""
+
+    params: int
+    opt_state: int
+    temps: int  # scratch the compiled step allocates (activations, gradients, ...)
+    arguments: int  # all inputs: state + batch
+    outputs: int
+    aliased: int  # outputs written in place of donated inputs (not double counted)
+    code: int
+
+    @property
+    def total(self) -> int:
+        """Peak estimate: inputs + outputs not aliased to inputs + temporaries."""
+        return self.arguments + self.outputs - self.aliased + self.temps
+
+    def as_dict(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "total": self.total}
+
+    def scalars(self) -> dict[str, int]:
+        """For the metrics log: ``params_bytes``, ``opt_state_bytes``, ``temps_bytes``, ..."""
+        return {f"{k}_bytes": v for k, v in self.as_dict().items()}
+
+    def format(self) -> str:
+        gib = {k: f"{v / 2**30:.3f} GiB" if v >= 2**27 else f"{v / 2**20:.1f} MiB"
+               for k, v in self.as_dict().items()}
+        return (f"memory per device: params {gib['params']}, optimizer state {gib['opt_state']}, "
+                f"step temporaries {gib['temps']}, step total ~{gib['total']} "
+                f"(arguments {gib['arguments']}, outputs {gib['outputs']}, "
+                f"aliased {gib['aliased']})")
+
+
+def memory_summary(compiled: Any, params: Any, opt_state: Any) -> MemorySummary:
+    """Summarise a compiled train step (``jitted.lower(state, batch).compile()``): per-device
+    bytes of params and optimizer state from their shardings, temporaries and buffer totals
+    from XLA's ``memory_analysis()`` (zeros where a backend reports none)."""
+    stats = compiled.memory_analysis()
+
+    def get(name: str) -> int:
+        return int(getattr(stats, name, 0) or 0) if stats is not None else 0
+
+    return MemorySummary(
+        params=bytes_per_device(params), opt_state=bytes_per_device(opt_state),
+        temps=get("temp_size_in_bytes"), arguments=get("argument_size_in_bytes"),
+        outputs=get("output_size_in_bytes"), aliased=get("alias_size_in_bytes"),
+        code=get("generated_code_size_in_bytes"),
+    )
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+class StepProfiler:
+    """Captures a ``jax.profiler`` trace of steps ``[first, last]`` into ``log_dir``.
+
+    Call :meth:`before` with the number of the step about to run and :meth:`after` with the
+    step just run (and something to block on, so the trace holds the whole step); call
+    :meth:`close` in a ``finally`` so an exception never leaves a trace running.
+    """
+
+    def __init__(self, steps: list[int] | None, log_dir: str | Path, total_steps: int) -> None:
+        self.log_dir = Path(log_dir)
+        self.range: tuple[int, int] | None = None
+        self.active = False
+        if steps is None:
+            return
+        if len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= total_steps:
+            raise ConfigError(
+                f"train.profile_steps={list(steps)} must be [first, last] with "
+                f"1 <= first <= last <= train.steps={total_steps}")
+        self.range = (steps[0], steps[1])
+
+    def before(self, step: int) -> None:
+        if self.range is not None and step == self.range[0] and not self.active:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.log_dir))
+            self.active = True
+
+    def after(self, step: int, block_on: Any = None) -> bool:
+        """Stop after the last profiled step; True when a trace was just written."""
+        if self.active and self.range is not None and step >= self.range[1]:
+            jax.block_until_ready(block_on)
+            self.close()
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()

@@ -1,0 +1,157 @@
+"""Real multi-process runs on 127.0.0.1 through launch/local.sh (2 processes x 4 CPU devices).
+
+* 2 x 4 trains to the same per-step losses as 1 x 8 (and the same held-out loss);
+* the checkpoint the 2 processes wrote restores in 1 process, onto another mesh, and equals
+  the 1-process run's;
+* killing one of the 2 processes ends the other, with JAX's error, in bounded time.
+
+The data setting matters. With the default ``data.mode=pack`` every process packs *its own*
+documents into rows (the corpus is one file, so process p keeps documents p, p+2, ...): a
+2-process global batch holds other token rows than a 1-process one and the losses differ,
+correctly. With one document per row (``data.mode=pad data.truncate=true``) and no shuffle,
+both global batches hold the same 8 documents (process 0 rows = documents 0,2,4,6, process 1
+rows = 1,3,5,7; one process: 0..7), only in another row order, which a mean loss does not see;
+float32 compute makes the sums agree to ~1e-7.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm.checkpoint import Checkpointer
+from jaxlm.config import load_config
+from jaxlm.distributed import FATAL_MARKER
+from jaxlm.train.loop import setup, train
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parents[1]
+TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
+SAME_BATCHES = [  # see the module docstring
+    "model.n_layers=1", "model.dtype=float32", "data.mode=pad", "data.truncate=true",
+    "data.shuffle=false", "train.steps=4", "train.log_every=1", "train.eval_batches=1",
+    "train.sample_tokens=0", "logging.tensorboard=false", "logging.memory_summary=false",
+    "logging.progress=false", "checkpoint.every=1000",  # one checkpoint, after the last step
+    "data.eval=null",  # (held-out loss: same documents too, but one compile less)
+]
+# Both 2-process launches share a persistent compilation cache (init, eval... hit it).
+CACHE = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def local_sh(run_dir: Path, log_dir: Path, *overrides: str, wait: bool = True,
+             processes: int = 2, devices: int = 4) -> Any:
+    """``launch/local.sh -n 2 -d 4 train tiny.yaml ...`` with this interpreter's jaxlm."""
+    env = {**os.environ, **CACHE, "JAXLM": f"{sys.executable} -m jaxlm.cli",
+           "PYTHON": sys.executable}
+    cmd = ["bash", str(ROOT / "launch" / "local.sh"), "-n", str(processes), "-d", str(devices),
+           "-o", str(log_dir), "-g", "120", "train", TINY, f"train.run_dir={run_dir}", *overrides]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT, env=env)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def losses(run_dir: Path, key: str) -> dict[int, float]:
+    return {m["step"]: m[key] for m in metrics(run_dir) if key in m}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same 4 steps as 2 processes x 4 devices (local.sh) and as 1 process x 8 devices."""
+    base = tmp_path_factory.mktemp("multihost")
+    two, one = base / "two", base / "one"
+    proc = local_sh(two, base / "launch_logs", *SAME_BATCHES, "distributed.heartbeat_timeout=30")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert jax.device_count() == 8  # tests/conftest.py
+    train(load_config(TINY, [*SAME_BATCHES, f"train.run_dir={one}"]))
+    return {"two": two, "one": one, "proc": proc, "launch_logs": base / "launch_logs"}
+
+
+def test_two_processes_train_to_the_same_losses_as_one(runs):
+    two, one = losses(runs["two"], "train/loss"), losses(runs["one"], "train/loss")
+    assert sorted(two) == sorted(one) == [1, 2, 3, 4]
+    np.testing.assert_allclose([two[s] for s in range(1, 5)], [one[s] for s in range(1, 5)],
+                               rtol=1e-5)
+    assert two[4] < two[1]  # it did train
+    # process 0 printed for the run; each process kept its own log
+    out = runs["proc"].stdout + runs["proc"].stderr
+    assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s)" in out
+    for i in range(2):
+        log = (runs["two"] / "logs" / f"process_{i}.log").read_text()
+        assert f"process {i} of 2 joined the run" in log
+        assert (runs["launch_logs"] / f"process_{i}.out").exists()
+    assert "mesh {" not in (runs["two"] / "logs" / "process_1.log").read_text()
+
+
+def test_checkpoint_of_two_processes_restores_in_one(runs):
+    # restore both runs' final checkpoints in this one process, onto a (2, 2, 2) mesh
+    cfg = load_config(TINY, [*SAME_BATCHES, f"train.run_dir={runs['two']}", "mesh.fsdp=2",
+                             "mesh.tensor=2"])
+    run = setup(cfg)
+    restored = {}
+    for name in ("two", "one"):
+        ckpt = Checkpointer(cfg.model_copy(update={"train": cfg.train.model_copy(
+            update={"run_dir": str(runs[name])})}), run.tokenizer, log=lambda msg: None)
+        state, data = ckpt.restore(run.state, run.shardings)
+        ckpt.close()
+        assert int(state.step) == 4 and data["process_count"] == (2 if name == "two" else 1)
+        restored[name] = state
+    leaves = jax.tree.leaves(restored["two"].params)
+    assert leaves and all(x.sharding.mesh.shape["tensor"] == 2 for x in leaves)
+    # equal up to float32 summation order (atol: near-zero biases; an update is ~1e-3)
+    for a, b in zip(leaves, jax.tree.leaves(restored["one"].params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    fresh = jax.tree.leaves(run.state.params)
+    assert any(not np.allclose(np.asarray(a), np.asarray(b))
+               for a, b in zip(leaves, fresh, strict=True))
+
+
+def test_killing_one_process_ends_the_other_in_bounded_time(tmp_path):
+    heartbeat = 4
+    run_dir, log_dir = tmp_path / "run", tmp_path / "launch_logs"
+    proc = local_sh(run_dir, log_dir, *SAME_BATCHES, "train.steps=100000", "data.eval=null",
+                    f"distributed.heartbeat_timeout={heartbeat}", wait=False)
+    try:
+        deadline = time.monotonic() + 600
+        while not losses(run_dir, "train/loss"):  # wait until both are training
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        victim = int((log_dir / "process_1.pid").read_text())
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = proc.communicate(timeout=300)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert took < heartbeat + 26, f"process 0 needed {took:.1f}s to stop"  # loaded 2-core CI
+    assert "process 1 was killed by SIGKILL" in out
+    assert re.search(r"process 0 (was killed by SIGABRT|exited with status 1)", out), out[-2000:]
+    # Usually JAX's heartbeat check ends process 0 (FATAL_MARKER ... "stopped sending
+    # heartbeats"); if process 1 died in the middle of a CPU collective, gloo's error can come
+    # first (as a jaxlm error line, or gloo's own abort). Either way it is said, and fast.
+    survivor = (run_dir / "logs" / "process_0.log").read_text()
+    errors = f"{FATAL_MARKER}|has probably died|gloo::|Gloo [-a-z]+ failed"
+    assert re.search(errors, survivor), survivor[-3000:]
