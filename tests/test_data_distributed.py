@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_utils import decode_docs, make_texts, pipeline, take, write_shards
+from datahelpers import decode_docs, make_texts, pipeline, take, write_shards
 
 from jaxlm.data.sources import DataWarning
 
 TESTS = Path(__file__).parent
 _WORKER = """
 import json, sys
-from test_data_utils import decode_docs, pipeline, take
+from datahelpers import decode_docs, pipeline, take
 rank, world, glob = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 p = pipeline(glob, process_index=rank, process_count=world, shuffle=True, repeat=False)
 print(json.dumps(decode_docs(take(p))))

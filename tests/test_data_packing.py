@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_data_utils import decode_docs, make_texts, pipeline, take, tokenizer, write_shards
+from datahelpers import decode_docs, make_texts, pipeline, take, tokenizer, write_shards
 
 from jaxlm.data.mlm import MaskCollator
 from jaxlm.data.packing import Doc, Packer, empty_batch, make_doc

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from test_data_utils import data_cfg, decode_docs, make_texts, pipeline, take, write_shards
+from datahelpers import data_cfg, decode_docs, make_texts, pipeline, take, write_shards
 
 from jaxlm.config import SourceConfig
 from jaxlm.data.pipeline import DataError, DataWarning, build_pipeline

@@ -10,7 +10,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_data_utils import (
+from datahelpers import (
     data_cfg,
     decode_docs,
     make_texts,
