@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Checkpoint overhead"
 CONFIGS = {
     "tiny": ("configs/pretrain/tiny.yaml", []),
-    "small (batch 8)": ("configs/pretrain/small.yaml", ["train.global_batch=8"]),
+    "small (batch 2x64)": ("configs/pretrain/small.yaml",
+                           ["train.global_batch=2", "data.seq_len=64"]),
 }
 
 
@@ -59,14 +60,17 @@ def measure(config: str, overrides: list[str], steps: int, every: int) -> dict[s
 
         def phase(name: str, ckpt: Checkpointer | None) -> None:
             nonlocal state
-            blocked, saves = 0.0, 0
+            blocked, in_data_state, saves = 0.0, 0.0, 0
             jax.block_until_ready(state)
             start = time.perf_counter()
             for step in range(1, steps + 1):
                 state, metrics = run.train_step(state, batch)
                 if ckpt is not None and ckpt.due(step):
+                    jax.block_until_ready(state)  # time the save, not the step it waits for
                     t0 = time.perf_counter()
-                    ckpt.save(step, state, pipe.state_dict())
+                    data_state = pipe.state_dict()
+                    in_data_state += time.perf_counter() - t0
+                    ckpt.save(step, state, data_state)
                     blocked += time.perf_counter() - t0
                     saves += 1
             jax.block_until_ready((state, metrics))
@@ -76,6 +80,7 @@ def measure(config: str, overrides: list[str], steps: int, every: int) -> dict[s
                 ckpt.close()
                 out[f"{name}_final_wait_ms"] = (time.perf_counter() - t0) * 1e3
                 out[f"{name}_blocked_ms"] = blocked / saves * 1e3
+                out["data_state_ms"] = in_data_state / saves * 1e3
 
         warm = Checkpointer(cfg, run.tokenizer, log=lambda m: None)
         phase("warmup", warm)  # compiles the step and Orbax's host transfers
@@ -118,11 +123,14 @@ def main() -> None:
         print(f"{name}: {r}", flush=True)
         over = (r["async_ms"] / r["none_ms"] - 1) * 100
         sync_over = (r["sync_ms"] / r["none_ms"] - 1) * 100
+        per_save = args.steps / (args.steps // args.every) / 1e3  # steps per save, in s/ms
+        lost = {k: (r[f"{k}_ms"] - r["none_ms"]) * per_save for k in ("async", "sync")}
         rows.append(
             f"| {name} | {r['params'] / 1e6:.1f}M | {r['mb']:.1f} MB | {r['none_ms']:.1f} | "
             f"{r['async_ms']:.1f} (+{over:.0f}%) | {r['async_blocked_ms']:.0f} | "
             f"{r['sync_ms']:.1f} (+{sync_over:.0f}%) | {r['sync_blocked_ms']:.0f} | "
-            f"{r['async_final_wait_ms']:.0f} |")
+            f"{r['async_final_wait_ms']:.0f} | {r['data_state_ms']:.0f} | "
+            f"{lost['async']:.2f} s / {lost['sync']:.2f} s |")
     cmd = " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
     lines = [
         SECTION, "", f"Command: `{cmd}`  ",
@@ -131,11 +139,13 @@ def main() -> None:
         f"{args.steps} steps per phase, a save every {args.every} steps (the data-pipeline "
         "state, train state, config and tokenizer, as the loop saves them). ms/step averages "
         "all steps, saves included; *blocked* is the time the training thread spends in one "
-        "save call (for async: the copy to host memory, plus `pipe.state_dict()`); the last "
-        "column is the wait for the last async save at the end of a run.", "",
+        "save (for async: `pipe.state_dict()` and the copy to host memory; the last column "
+        "shows the `pipe.state_dict()` part); *final wait* is the wait for the last async save "
+        "at the end of a run.", "",
         "| config | params | checkpoint | ms/step, no saves | ms/step, async saves | blocked "
-        "ms/save (async) | ms/step, sync saves | blocked ms/save (sync) | final wait ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+        "ms/save (async) | ms/step, sync saves | blocked ms/save (sync) | final wait ms | "
+        "of which `pipe.state_dict()` ms | training time lost per save, async / sync |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
         "On 2 shared CPU cores the background write competes with the train step for the same "
         "cores, so async saving still costs some step time here; on an accelerator the step "
         "runs on the device while the host writes.",

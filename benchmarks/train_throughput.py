@@ -36,10 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def random_batch(b: int, seq: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
     toks = np.random.default_rng(seed).integers(0, vocab, (b, seq + 1)).astype(np.int32)
-    return {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-            "segment_ids": np.ones((b, seq), np.int32),
-            "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (b, seq)).copy(),
-            "weights": np.ones((b, seq), np.float32)}
+    return {
+        "inputs": toks[:, :-1],
+        "targets": toks[:, 1:],
+        "segment_ids": np.ones((b, seq), np.int32),
+        "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (b, seq)).copy(),
+        "weights": np.ones((b, seq), np.float32),
+    }
 
 
 class JaxRunner:
@@ -47,7 +50,8 @@ class JaxRunner:
         self.run = setup(cfg)
         self.batch = jax.device_put(
             random_batch(cfg.train.global_batch, cfg.data.seq_len, cfg.model.vocab_size, 0),
-            self.run.batch_sharding)
+            self.run.batch_sharding,
+        )
         self.step(2)  # compile + warm up
 
     def step(self, n: int) -> float:
@@ -72,13 +76,18 @@ class TorchRunner:
             def __init__(self):
                 super().__init__()
                 self.ln1, self.ln2 = nn.LayerNorm(m.d_model), nn.LayerNorm(m.d_model)
-                self.qkv, self.out = nn.Linear(m.d_model, 3 * m.d_model), nn.Linear(m.d_model, m.d_model)
+                self.qkv, self.out = (
+                    nn.Linear(m.d_model, 3 * m.d_model),
+                    nn.Linear(m.d_model, m.d_model),
+                )
                 self.fc, self.proj = nn.Linear(m.d_model, m.d_ff), nn.Linear(m.d_ff, m.d_model)
 
             def forward(self, x):
                 b, t, d = x.shape
                 q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-                q, k, v = (z.view(b, t, m.n_heads, d // m.n_heads).transpose(1, 2) for z in (q, k, v))
+                q, k, v = (
+                    z.view(b, t, m.n_heads, d // m.n_heads).transpose(1, 2) for z in (q, k, v)
+                )
                 att = (q @ k.transpose(-2, -1)) / math.sqrt(d // m.n_heads)
                 att = att.masked_fill(self.mask[:t, :t] == 0, float("-inf")).softmax(-1)
                 x = x + self.out((att @ v).transpose(1, 2).reshape(b, t, d))
@@ -87,7 +96,10 @@ class TorchRunner:
         class GPT(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.wte, self.wpe = nn.Embedding(m.vocab_size, m.d_model), nn.Embedding(m.max_seq_len, m.d_model)
+                self.wte, self.wpe = (
+                    nn.Embedding(m.vocab_size, m.d_model),
+                    nn.Embedding(m.max_seq_len, m.d_model),
+                )
                 self.blocks = nn.ModuleList(Block() for _ in range(m.n_layers))
                 mask = torch.tril(torch.ones(m.max_seq_len, m.max_seq_len))
                 for blk in self.blocks:
@@ -132,13 +144,25 @@ def bench(name: str, overrides: list[str], rounds: int, steps: int, peak: float)
         jt.append(jx.step(steps))
         tt.append(pt.step(steps))
     j, t = statistics.median(jt), statistics.median(tt)
-    row = {"config": name, "params": param_count(cfg.model), "batch": f"{cfg.train.global_batch}x{cfg.data.seq_len}",
-           "jax_step": j, "jax_tok_s": tokens / j, "jax_tflops": flops / j / 1e12,
-           "jax_mfu": flops / j / peak, "torch_step": t, "torch_tok_s": tokens / t, "ratio": t / j}
-    print(f"{name}: {row['params'] / 1e6:.2f}M params, batch {row['batch']}: "
-          f"jaxlm {row['jax_tok_s']:,.0f} tok/s ({j * 1e3:.0f} ms/step, {row['jax_tflops']:.3f} "
-          f"TFLOP/s, MFU {row['jax_mfu']:.1%}); PyTorch bf16 eager {row['torch_tok_s']:,.0f} tok/s "
-          f"({t * 1e3:.0f} ms/step); jaxlm/PyTorch = {row['ratio']:.2f}x", flush=True)
+    row = {
+        "config": name,
+        "params": param_count(cfg.model),
+        "batch": f"{cfg.train.global_batch}x{cfg.data.seq_len}",
+        "jax_step": j,
+        "jax_tok_s": tokens / j,
+        "jax_tflops": flops / j / 1e12,
+        "jax_mfu": flops / j / peak,
+        "torch_step": t,
+        "torch_tok_s": tokens / t,
+        "ratio": t / j,
+    }
+    print(
+        f"{name}: {row['params'] / 1e6:.2f}M params, batch {row['batch']}: "
+        f"jaxlm {row['jax_tok_s']:,.0f} tok/s ({j * 1e3:.0f} ms/step, {row['jax_tflops']:.3f} "
+        f"TFLOP/s, MFU {row['jax_mfu']:.1%}); PyTorch bf16 eager {row['torch_tok_s']:,.0f} tok/s "
+        f"({t * 1e3:.0f} ms/step); jaxlm/PyTorch = {row['ratio']:.2f}x",
+        flush=True,
+    )
     return row
 
 
@@ -160,7 +184,8 @@ def write_markdown(rows: list[dict], peak: float, cmd: str) -> None:
         lines.append(
             f"| {r['config']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['jax_tok_s']:,.0f} | "
             f"{r['jax_step'] * 1e3:.0f} | {r['jax_tflops']:.3f} | {r['jax_mfu']:.1%} | "
-            f"{r['torch_tok_s']:,.0f} | {r['torch_step'] * 1e3:.0f} | {r['ratio']:.2f}x |")
+            f"{r['torch_tok_s']:,.0f} | {r['torch_step'] * 1e3:.0f} | {r['ratio']:.2f}x |"
+        )
     replace_section(ROOT / "BENCHMARKS.md", "## Training throughput", "\n".join(lines) + "\n")
 
 
@@ -172,7 +197,7 @@ def replace_section(path: Path, heading: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
+        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
     path.write_text(text)
 
 

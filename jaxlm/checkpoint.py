@@ -3,7 +3,7 @@
 ``RUN_DIR/checkpoints/<step>/`` holds four items, written together by one
 ``orbax.checkpoint.CheckpointManager`` save:
 
-* ``state``: the :class:`Any` (step, params, optimizer state, RNG) as sharded arrays;
+* ``state``: the train state (step, params, optimizer state, RNG) as sharded arrays;
 * ``data``: every process's data-pipeline state (JSON), for an exact resume of the stream;
 * ``config``: the resolved config (JSON), checked for compatibility on resume;
 * ``tokenizer``: which tokenizer was used, its vocabulary size and a hash of it (JSON).
@@ -17,20 +17,16 @@ by a background thread while training goes on.
 Restoring goes through an *abstract* target (shapes, dtypes and the shardings of the current
 mesh), so a checkpoint written on one mesh or process count loads onto another. A latest
 checkpoint that cannot be read is reported and moved aside, and the one before it is used.
-
-:class:`PreemptionWatcher` turns SIGTERM into "stop after this step"; on several processes
-JAX's preemption sync point makes all of them stop at the same step.
+Whether a checkpoint fits the run is decided in :mod:`jaxlm.checkpoint_compat`; SIGTERM
+handling is in :mod:`jaxlm.preemption`; parameters-only export in :mod:`jaxlm.export`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +35,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxlm.checkpoint_compat import (
+    CheckpointError,
+    CheckpointWarning,
+    config_differences,
+    describe_mismatch,
+    locate,
+    mismatches,
+    tokenizer_reference,
+)
 from jaxlm.config import CheckpointConfig, Config
-from jaxlm.errors import TrainingError, UserError
+from jaxlm.errors import TrainingError
 
 ITEMS = ("state", "data", "config", "tokenizer")
-# Model fields that change how the model is computed but not what its parameters are.
-RUNTIME_MODEL_FIELDS = frozenset({"attention", "dtype", "remat", "dropout"})
-MAX_LISTED = 8  # differences named in one error message
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used as asked (wrong path, other model, other config)."""
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint was skipped (unreadable) or part of it could not be used."""
+TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a step not yet committed
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -85,27 +80,11 @@ def item_handlers(state: ocp.CheckpointHandler | None = None) -> dict[str, Any]:
             **{name: ocp.JsonCheckpointHandler() for name in ITEMS[1:]}}
 
 
-def locate(path: str | Path) -> tuple[Path, int | None]:
-    """``(checkpoints directory, step or None for its latest)`` for a run directory, its
-    ``checkpoints`` directory, or one step directory in it."""
-    p = Path(path)
-    if not p.is_dir():
-        raise CheckpointError(f"checkpoint path '{path}' does not exist or is not a directory")
-    if (p / "checkpoints").is_dir():
-        return p / "checkpoints", None
-    if p.name.isdigit() and (p / "state").is_dir():
-        return p.parent, int(p.name)
-    if any(c.name.isdigit() for c in p.iterdir()):
-        return p, None
-    raise CheckpointError(f"'{path}' is not a run directory, a checkpoints directory or a "
-                          "checkpoint step directory")
-
-
 STATE_FIELDS = ("step", "params", "opt_state", "rng")
 
 
 def state_tree(state: Any) -> dict[str, Any]:
-    """The train state (a ``Any``) as the plain dict that is saved (item ``state``)."""
+    """The train state (a ``TrainState``) as the plain dict that is saved (item ``state``)."""
     return {f: getattr(state, f) for f in STATE_FIELDS}
 
 
@@ -113,72 +92,6 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs with ``shardings``: the restore target, nothing allocated."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
-
-
-def flat_shapes(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """``{"params/block_0/attn/query/kernel": shape}`` for arrays, array metadata or
-    ShapeDtypeStructs; named tuples count as dicts, as Orbax stores them."""
-    if tree is None:
-        return {}
-    if isinstance(tree, Mapping):
-        items: Any = tree.items()
-    elif hasattr(tree, "_fields"):
-        items = ((f, getattr(tree, f)) for f in tree._fields)
-    elif isinstance(tree, (list, tuple)):
-        items = enumerate(tree)
-    else:
-        return {prefix: tuple(tree.shape)} if hasattr(tree, "shape") else {}
-    out: dict[str, tuple[int, ...]] = {}
-    for k, v in items:
-        out.update(flat_shapes(v, f"{prefix}/{k}" if prefix else str(k)))
-    return out
-
-
-def mismatches(saved: Any, target: Any) -> list[str]:
-    """Differences between a checkpoint's tree (metadata) and the expected one, one string
-    each: missing paths, extra paths, other shapes; optimizer-state entries (which mirror
-    the parameters) last."""
-    a, b = flat_shapes(saved), flat_shapes(target)
-    found = []  # (kind, text)
-    for path in a.keys() | b.keys():
-        if path not in a:
-            found.append((0, f"{path} {b[path]}: missing from the checkpoint"))
-        elif path not in b:
-            found.append((1, f"{path} {a[path]}: only in the checkpoint"))
-        elif a[path] != b[path]:
-            found.append((2, f"{path}: checkpoint {a[path]} vs model {b[path]}"))
-    found.sort(key=lambda f: (f[1].startswith("opt_state"), f[0], f[1]))
-    return [text for _, text in found]
-
-
-def describe_mismatch(where: str, diffs: list[str]) -> str:
-    shown = "; ".join(diffs[:MAX_LISTED])
-    more = f"; and {len(diffs) - MAX_LISTED} more" if len(diffs) > MAX_LISTED else ""
-    return (f"{where} does not fit this model ({len(diffs)} differences): {shown}{more}")
-
-
-def tokenizer_reference(cfg: Config, tokenizer: Any) -> dict[str, Any]:
-    """What identifies the tokenizer (item ``tokenizer``): the config's name for it, its
-    vocabulary size and a SHA-256 of its JSON serialization."""
-    return {"tokenizer": cfg.data.tokenizer,
-            "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
-            "sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest()}
-
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
-
-
-def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """What makes a saved run incompatible with ``cfg``: the model architecture,
-    ``data.seq_len`` and ``train.global_batch``."""
-    now = cfg.to_dict()
-    keys = [f"model.{k}" for k in now["model"] if k not in RUNTIME_MODEL_FIELDS]
-    keys += ["data.seq_len", "train.global_batch"]
-    return [f"{k}={_get(saved, k)!r} (checkpoint) vs {_get(now, k)!r}"
-            for k in keys if _get(saved, k) != _get(now, k)]
 
 
 def _reason(err: BaseException) -> str:
@@ -222,11 +135,24 @@ class Checkpointer:
         self.directory = checkpoint_dir(cfg.train.run_dir)
         self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
         self._in_flight: int | None = None  # step of an async save not yet known to be final
+        unfinished = sorted(p.name for p in self.directory.glob(f"*{TMP_MARK}*"))
         try:
-            self.manager = open_manager(self.directory, self.ccfg)
+            if jax.process_index() == 0:  # fail now, not at the first save many steps later
+                self.directory.mkdir(parents=True, exist_ok=True)
+                probe = self.directory / f".write-test-{time.time_ns()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            self.manager = open_manager(self.directory, self.ccfg)  # removes the unfinished
         except OSError as e:
             raise CheckpointError(
-                f"cannot create the checkpoint directory {self.directory}: {_reason(e)}") from e
+                f"cannot write to the checkpoint directory {self.directory}: {_reason(e)}") from e
+        if unfinished:
+            self._warn(f"discarded {len(unfinished)} unfinished save(s) in {self.directory} "
+                       f"({', '.join(unfinished)}): saves that were interrupted or failed")
+
+    def _warn(self, msg: str) -> None:
+        warnings.warn(msg, CheckpointWarning, stacklevel=3)
+        self.log(f"warning: {msg}")
 
     # ------------------------------------------------------------------------ restoring
 
@@ -305,10 +231,8 @@ class Checkpointer:
             self.manager.reload()
             moved = f" (moved to {aside})"
         then = f"using step {rest[0]}" if rest else "no earlier checkpoint"
-        msg = (f"checkpoint {manager.directory / str(step)} is unreadable{moved}: "
-               f"{_reason(err)}; {then}")
-        warnings.warn(msg, CheckpointWarning, stacklevel=3)
-        self.log(f"warning: {msg}")
+        self._warn(f"checkpoint {manager.directory / str(step)} is unreadable{moved}: "
+                   f"{_reason(err)}; {then}")
 
     def _check_compatible(self, where: Path, saved_cfg: dict[str, Any],
                           saved_tok: dict[str, Any]) -> None:
@@ -342,9 +266,7 @@ class Checkpointer:
                                           "start the data stream afresh") from None
                 why = str(e)
         if why:
-            msg = f"the data stream starts afresh instead of resuming: {why}"
-            warnings.warn(msg, CheckpointWarning, stacklevel=2)
-            self.log(f"warning: {msg}")
+            self._warn(f"the data stream starts afresh instead of resuming: {why}")
 
     # --------------------------------------------------------------------------- saving
 
@@ -372,7 +294,7 @@ class Checkpointer:
         try:
             self.manager.save(step, args=args, force=True)
         except Exception as e:  # noqa: BLE001 - reported as one clear TrainingError
-            raise self._failed(self._in_flight or step, e) from e
+            raise self._failed(step, e) from e
         self._in_flight = step
         if wait or not self.ccfg.async_save:
             self.wait()
@@ -387,11 +309,16 @@ class Checkpointer:
         self._in_flight = None
 
     def _failed(self, step: int | None, err: Exception) -> TrainingError:
+        """The error for a failed save: of the async save in flight if that one never became
+        final (Orbax reports it at the next save), else of ``step``."""
         try:
             self.manager.reload()
-            latest = self.manager.latest_step()
+            steps = self.manager.all_steps()
         except Exception:  # noqa: BLE001
-            latest = None
+            steps = []
+        if self._in_flight is not None and self._in_flight not in steps:
+            step = self._in_flight
+        latest = max(steps, default=None)
         kept = (f"checkpoints already written are intact (latest complete: step {latest})"
                 if latest is not None else "no complete checkpoint exists yet")
         return TrainingError(
@@ -415,42 +342,3 @@ def _sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-# ------------------------------------------------------------------------------ preemption
-
-
-class PreemptionWatcher:
-    """Answers "stop and save after this step?" once SIGTERM has arrived.
-
-    One process: a SIGTERM handler sets a flag (the step in progress finishes first, since
-    Python runs handlers between bytecodes). Several processes: JAX's preemption service
-    (started by ``jax.distributed.initialize``) catches SIGTERM on any of them and
-    ``multihost_utils.reached_preemption_sync_point`` turns true at the same step on all, so
-    every process saves the same step. Call :meth:`reached` after every step on every process.
-    """
-
-    def __init__(self) -> None:
-        self.multi = jax.process_count() > 1
-        self._flag = False
-        self._previous: Any = None
-        if not self.multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._flag = True
-
-    def reached(self, step: int) -> bool:
-        if not self.multi:
-            return self._flag
-        from jax.experimental import multihost_utils
-
-        try:
-            return bool(multihost_utils.reached_preemption_sync_point(step))
-        except RuntimeError:  # the preemption service is disabled
-            return False
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None

@@ -21,10 +21,12 @@ anything touches a device:
   the service tells all others and JAX terminates them with ``Terminating process because the
   JAX distributed service detected fatal errors ... The following tasks are unhealthy
   (stopped sending heartbeats)`` (exit status 134, SIGABRT). If process 0 itself dies, the
-  others fail at once (the coordinator's socket closes). A process that *fails* in Python
-  (an exception, a bad checkpoint) calls :func:`exit_if_failed`, which ends it immediately
-  instead of waiting at JAX's shutdown barrier (up to ``shutdown_timeout``, with everyone
-  else stuck in a collective), so the others learn of it within the heartbeat timeout.
+  others fail at once (the coordinator's socket closes); a peer that dies in the middle of a
+  CPU collective can also surface first, and at once, as gloo's error. A process that
+  *fails* in Python (an exception, a bad checkpoint) prints one ``jaxlm: error:`` line and
+  calls :func:`exit_if_failed`, which ends it immediately instead of waiting at JAX's
+  shutdown barrier (up to ``shutdown_timeout``, with everyone else stuck in a collective),
+  so the others learn of it within the heartbeat timeout.
 
 Relaunching the same command then resumes from the last checkpoint (``checkpoint.resume``
 is ``auto`` by default).
@@ -98,7 +100,7 @@ def _has_tpu_chips() -> bool:
         return False
 
 
-def _positive(environ: Mapping[str, str], key: str) -> int:
+def _count(environ: Mapping[str, str], key: str) -> int:
     try:
         return int(environ.get(key, "1"))
     except ValueError:
@@ -111,14 +113,15 @@ def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
     ``"slurm"`` (an ``srun`` step of several tasks), ``"ompi"`` (``mpirun`` with several
     ranks), ``"gke-tpu"`` (a TPU pod on GKE), ``"tpu"`` (a Cloud TPU VM; JAX asks the metadata
     server for the workers) or ``None``. These are the environments JAX's
-    ``jax.distributed.initialize()`` fills in by itself.
+    ``jax.distributed.initialize()`` fills in by itself. The TPU-VM check looks for TPU chips
+    in /sys and is made only for the real environment (``environ=None``).
     """
     env = os.environ if environ is None else environ
     slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
              "SLURM_LOCALID")
-    if all(k in env for k in slurm) and _positive(env, "SLURM_NTASKS") > 1:
+    if all(k in env for k in slurm) and _count(env, "SLURM_NTASKS") > 1:
         return "slurm"
-    if "OMPI_MCA_orte_hnp_uri" in env and _positive(env, "OMPI_COMM_WORLD_SIZE") > 1:
+    if "OMPI_MCA_orte_hnp_uri" in env and _count(env, "OMPI_COMM_WORLD_SIZE") > 1:
         return "ompi"
     if env.get("TPU_WORKER_HOSTNAMES") or env.get("TPU_PROCESS_ADDRESSES"):
         return "gke-tpu"
@@ -381,6 +384,9 @@ def setup_process_log(run_dir: str | Path, process_index: int | None = None,
         sys.stdout.flush()
         sys.stderr.flush()
         _tees.extend(_tee_fd(fd, path) for fd in (1, 2))
+        for stream in (sys.stdout, sys.stderr):  # a line in the log as soon as it is printed
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(line_buffering=True)
         if not any(getattr(h, "_jaxlm", False) for h in log.handlers):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(fmt)

@@ -22,13 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxlm.checkpoint import (
-    CheckpointError,
-    describe_mismatch,
-    item_handlers,
-    locate,
-    mismatches,
-)
+from jaxlm.checkpoint import item_handlers
+from jaxlm.checkpoint_compat import CheckpointError, describe_mismatch, locate, mismatches
 
 WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "bfloat16")
@@ -129,11 +124,29 @@ def _copy_tokenizer(spec: str, out: Path) -> None:
         pass
 
 
-def _place(host: np.ndarray, like: jax.ShapeDtypeStruct) -> jax.Array:
-    """A host array as a global array with ``like``'s dtype and sharding (each process
-    supplies only the shards of its own devices)."""
+def _load_export(path: Path, abstract_params: Any) -> Any:
+    """Read an export lazily: each process reads only the slices its devices hold."""
+    import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy, for bf16 exports
+    from safetensors import safe_open
+
+    file = path if path.suffix == ".safetensors" else path / WEIGHTS
+    with safe_open(str(file), "np") as f:
+        slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+        saved = _unflatten({k: jax.ShapeDtypeStruct(tuple(v.get_shape()), np.float32)
+                            for k, v in slices.items()})
+        diffs = mismatches(saved, abstract_params)
+        if diffs:
+            raise CheckpointError(describe_mismatch(f"export {path}", diffs))
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+        arrays = [_place(slices[_name(kp)], like) for kp, like in leaves]
+    return jax.tree.unflatten(treedef, arrays)
+
+
+def _place(source: Any, like: jax.ShapeDtypeStruct) -> jax.Array:
+    """A global array shaped, typed and sharded like ``like``, whose shards are read from
+    ``source`` (a safetensors slice) by the process that holds them."""
     return jax.make_array_from_callback(like.shape, like.sharding,
-                                        lambda idx: np.asarray(host[idx], like.dtype))
+                                        lambda idx: np.asarray(source[idx], like.dtype))
 
 
 def is_export(path: str | Path) -> bool:
@@ -147,18 +160,10 @@ def load_params(path: str | Path, abstract_params: Any, step: int | None = None)
     ``abstract_params`` is the expected parameter tree of ``jax.ShapeDtypeStruct`` leaves
     with shardings (e.g. ``abstract_like(params, param_shardings)``); values are cast to its
     dtypes. A different tree or shapes raise :class:`CheckpointError` naming the paths.
+    Fine-tuning and generation load their starting weights with this.
     """
     if is_export(path):
-        from safetensors.numpy import load_file
-
-        p = Path(path)
-        flat = load_file(str(p if p.suffix == ".safetensors" else p / WEIGHTS))
-        diffs = mismatches(_unflatten(flat), abstract_params)
-        if diffs:
-            raise CheckpointError(describe_mismatch(f"export {path}", diffs))
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
-        arrays = [_place(flat[_name(kp)], s) for kp, s in leaves]
-        return jax.tree.unflatten(treedef, arrays)
+        return _load_export(Path(path), abstract_params)
     directory, found = locate(path)
     manager, step = _latest(directory, step if step is not None else found)
     return _restore_params(manager, step, abstract_params)

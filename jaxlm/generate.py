@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 _COMPILED: dict[tuple, Any] = {}  # (model id, temperature, top_k) -> jitted next-token fn
 
 
@@ -38,12 +37,18 @@ def _next_token_fn(model: nn.Module, temperature: float, top_k: int | None) -> A
 
 
 def sample(
-    model: nn.Module, params: Any, prompt: list[int], max_new_tokens: int, seed: int = 0,
-    temperature: float = 0.8, top_k: int | None = 40, eos_id: int | None = None,
+    model: nn.Module,
+    params: Any,
+    prompt: list[int],
+    max_new_tokens: int,
+    seed: int = 0,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    eos_id: int | None = None,
 ) -> list[int]:
     """Continue ``prompt`` by up to ``max_new_tokens`` tokens; returns only the new tokens."""
     length = model.cfg.max_seq_len
-    prompt = prompt[-max(1, length - max_new_tokens):]
+    prompt = prompt[-max(1, length - max_new_tokens) :]
     max_new_tokens = min(max_new_tokens, length - len(prompt))
     buf = np.zeros((1, length), np.int32)  # (1, L)
     buf[0, : len(prompt)] = prompt

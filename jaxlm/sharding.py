@@ -71,14 +71,15 @@ def hybrid_devices(ici: Sequence[int], dcn: Sequence[int],
                    devices: Sequence[jax.Device]) -> np.ndarray:
     """The device array of an ICI x DCN mesh (``mesh_utils.create_hybrid_device_mesh``).
 
-    Slices are what TPU devices call ``slice_index``; devices without one (GPU, CPU) count
-    each process (host) as a slice.
+    Slices are what devices call ``slice_index`` (TPU slices); where all devices are in one
+    "slice" (GPU and CPU hosts), each process (host) counts as a slice.
     """
     from jax.experimental import mesh_utils
 
-    by_slice = hasattr(devices[0], "slice_index")
-    groups = {d.slice_index if by_slice else d.process_index for d in devices}
-    kind = "slices" if by_slice else "processes (devices without a slice index: one per host)"
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    by_slice = len(slices) > 1 or devices[0].platform == "tpu"
+    groups = slices if by_slice else {d.process_index for d in devices}
+    kind = "slices" if by_slice else "processes (hosts: these devices have no slices)"
     if len(groups) != math.prod(dcn):
         raise ConfigError(
             f"mesh.dcn_data*dcn_fsdp*dcn_tensor = {math.prod(dcn)} but the devices form "

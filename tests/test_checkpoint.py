@@ -229,6 +229,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     ck.close()
 
 
+def test_unwritable_checkpoint_directory(tmp_path):
+    (tmp_path / "checkpoints").write_text("a file where the directory should be")
+    with pytest.raises(CheckpointError, match="cannot write to the checkpoint directory"):
+        checkpointer(make_cfg(tmp_path))
+
+
 def test_resume_from_a_path(tmp_path):
     first = make_cfg(tmp_path / "a")
     state, shardings = build(first)
@@ -266,7 +272,7 @@ def test_data_state_of_another_stream(tmp_path):
 
 def _run_worker(name: str, run_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu", "USE_TORCH": "0"}
     return subprocess.run([sys.executable, __file__, name, str(run_dir)], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=300)
 
@@ -281,7 +287,8 @@ def test_save_killed_during_finalize_is_never_taken_as_complete(tmp_path):
     assert open_manager(ckpts).all_steps() == [1]
     cfg = make_cfg(tmp_path)
     state, shardings = build(cfg)
-    ck = checkpointer(cfg)  # a writable manager also clears the leftovers
+    with pytest.warns(CheckpointWarning, match="discarded 1 unfinished save"):
+        ck = checkpointer(cfg)  # a writable manager clears the leftovers
     restored, _ = ck.restore(build(cfg, seed=1)[0], shardings)
     assert_same(restored, state)  # step 1's state, not the half-committed step 2's
     assert ck.save(2, state, DATA, wait=True)
@@ -299,7 +306,9 @@ def test_full_disk_is_a_clear_error_and_keeps_saved_checkpoints(tmp_path, async_
     assert open_manager(tmp_path / "checkpoints").all_steps() == [1]  # keep=1, yet not deleted
     cfg = make_cfg(tmp_path)
     state, shardings = build(cfg)
-    restored, _ = checkpointer(cfg).restore(build(cfg, seed=1)[0], shardings)
+    with pytest.warns(CheckpointWarning, match="unfinished save.*interrupted or failed"):
+        ck = checkpointer(cfg)
+    restored, _ = ck.restore(build(cfg, seed=1)[0], shardings)
     assert_same(restored, state)
 
 

@@ -22,7 +22,8 @@ ARGS = [TINY, "model.n_layers=1", "data.seq_len=32", f"train.steps={STEPS}", "tr
         "checkpoint.every=4", "train.sample_tokens=0", "data.eval=null", "mesh.data=2",
         "logging.tensorboard=false", "logging.progress=false", "logging.memory_summary=false"]
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-       "JAX_PLATFORMS": "cpu", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+       "JAX_PLATFORMS": "cpu", "USE_TORCH": "0",
+       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 pytestmark = pytest.mark.slow

@@ -49,7 +49,8 @@ def test_two_processes_preempt_together_and_reshard_into_one(tmp_path):
     from jaxlm.data.tokenizer import load_tokenizer
 
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+           "JAX_PLATFORMS": "cpu", "USE_TORCH": "0",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, __file__, str(i), port, str(tmp_path)],

@@ -95,7 +95,7 @@ def test_local_sh_fails_when_any_process_fails(tmp_path, stub):
     assert proc.returncode == 3  # the first to fail
     assert "process 1 exited with status 3" in proc.stderr
     assert "process 2 exited with status 5" in proc.stderr
-    assert "FAILED (first failure: process 1)" in proc.stderr
+    assert "FAILED: process 1 failed first" in proc.stderr
 
 
 @pytest.mark.parametrize("args, words", [

@@ -126,17 +126,19 @@ def test_checkpoint_of_two_processes_restores_in_one(runs):
                for a, b in zip(leaves, fresh, strict=True))
 
 
-def test_killing_one_process_ends_the_other_in_bounded_time(tmp_path):
-    heartbeat = 4
+def test_killing_a_process_ends_the_other_in_bounded_time_and_a_relaunch_resumes(tmp_path):
+    heartbeat, steps = 4, 30
     run_dir, log_dir = tmp_path / "run", tmp_path / "launch_logs"
-    proc = local_sh(run_dir, log_dir, *SAME_BATCHES, "train.steps=100000", "data.eval=null",
-                    f"distributed.heartbeat_timeout={heartbeat}", wait=False)
+    # the 2 processes double as 2 slices here: a hybrid ICI (4) x DCN (2) mesh
+    args = [*SAME_BATCHES, f"train.steps={steps}", "checkpoint.every=5", "mesh.dcn_data=2",
+            f"distributed.heartbeat_timeout={heartbeat}"]
+    proc = local_sh(run_dir, log_dir, *args, wait=False)
     try:
         deadline = time.monotonic() + 600
-        while not losses(run_dir, "train/loss"):  # wait until both are training
+        while max(losses(run_dir, "train/loss"), default=0) < 6:  # past the first checkpoint
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.5)
+            time.sleep(0.2)
         victim = int((log_dir / "process_1.pid").read_text())
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
@@ -145,7 +147,9 @@ def test_killing_one_process_ends_the_other_in_bounded_time(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0
+    assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s)" in out
+    reached = max(losses(run_dir, "train/loss"))
+    assert proc.returncode != 0 and reached < steps
     assert took < heartbeat + 26, f"process 0 needed {took:.1f}s to stop"  # loaded 2-core CI
     assert "process 1 was killed by SIGKILL" in out
     assert re.search(r"process 0 (was killed by SIGABRT|exited with status 1)", out), out[-2000:]
@@ -155,3 +159,10 @@ def test_killing_one_process_ends_the_other_in_bounded_time(tmp_path):
     survivor = (run_dir / "logs" / "process_0.log").read_text()
     errors = f"{FATAL_MARKER}|has probably died|gloo::|Gloo [-a-z]+ failed"
     assert re.search(errors, survivor), survivor[-3000:]
+
+    # the same command again continues from the last complete checkpoint
+    again = local_sh(run_dir, tmp_path / "launch_logs_2", *args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resumed = re.search(r"checkpoint: resumed from \S+ \(step (\d+)\)", again.stdout)
+    assert resumed and 5 <= int(resumed.group(1)) <= reached, again.stdout[-3000:]
+    assert max(losses(run_dir, "train/loss")) == steps

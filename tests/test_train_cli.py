@@ -12,13 +12,27 @@ TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
 
 def jaxlm(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.run([sys.executable, "-m", "jaxlm.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxlm.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def test_tiny_pretraining_loss_falls(tmp_path):
-    proc = jaxlm("train", TINY, "train.steps=20", "train.log_every=5", "train.eval_batches=2",
-                 "train.sample_tokens=8", f"train.run_dir={tmp_path}", "--json")
+    proc = jaxlm(
+        "train",
+        TINY,
+        "train.steps=20",
+        "train.log_every=5",
+        "train.eval_batches=2",
+        "train.sample_tokens=8",
+        f"train.run_dir={tmp_path}",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["final_loss"] < result["first_loss"] - 0.5
@@ -29,18 +43,37 @@ def test_tiny_pretraining_loss_falls(tmp_path):
 
 
 def test_sharded_cli_run_on_fake_devices(tmp_path):
-    proc = jaxlm("train", TINY, "train.steps=4", "mesh.fsdp=2", "mesh.tensor=2",
-                 "train.sample_tokens=0", "train.eval_batches=1", f"train.run_dir={tmp_path}",
-                 "--json", devices=8)
+    proc = jaxlm(
+        "train",
+        TINY,
+        "train.steps=4",
+        "mesh.fsdp=2",
+        "mesh.tensor=2",
+        "train.sample_tokens=0",
+        "train.eval_batches=1",
+        f"train.run_dir={tmp_path}",
+        "--json",
+        devices=8,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "'data': 2, 'fsdp': 2, 'tensor': 2" in proc.stdout
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
-    proc = jaxlm("train", TINY, "train.steps=20", "train.lr=1e30", "train.clip_norm=",
-                 "train.warmup_steps=0", "model.dtype=float32", "train.log_every=1",
-                 f"train.run_dir={tmp_path}")
+    proc = jaxlm(
+        "train",
+        TINY,
+        "train.steps=20",
+        "train.lr=1e30",
+        "train.clip_norm=",
+        "train.warmup_steps=0",
+        "model.dtype=float32",
+        "train.log_every=1",
+        f"train.run_dir={tmp_path}",
+    )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("jaxlm: error: loss is nan") or last.startswith("jaxlm: error: loss is inf")
+    assert last.startswith("jaxlm: error: loss is nan") or last.startswith(
+        "jaxlm: error: loss is inf"
+    )
     assert "Traceback" not in proc.stderr

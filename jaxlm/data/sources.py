@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from jaxlm.config import SourceConfig
-from jaxlm.errors import UserError
 from jaxlm.data.tokenizer import default_corpus_files
+from jaxlm.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,10 @@ Impl = Literal["xla", "dot_product", "cudnn"]
 
 
 def attention_mask(
-    q_len: int, kv_len: int, causal: bool, q_segment_ids: jax.Array | None = None,
+    q_len: int,
+    kv_len: int,
+    causal: bool,
+    q_segment_ids: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
 ) -> jax.Array | None:
     """Boolean mask (B or 1, 1, Lq, Lk): True where query i may attend to key j."""
@@ -98,9 +101,15 @@ class MultiHeadAttention(nn.Module):
         dh = d_model // h
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype, "use_bias": self.use_bias}
         dt = jnp.dtype(self.dtype)
-        q = dense((h, dh), ("embed", "heads", "head_dim"), name="query", **kw)(q_in).astype(dt)  # (B, Lq, H, Dh)
-        k = dense((hkv, dh), ("embed", "kv_heads", "head_dim"), name="key", **kw)(k_in).astype(dt)  # (B, Lk, Hkv, Dh)
-        v = dense((hkv, dh), ("embed", "kv_heads", "head_dim"), name="value", **kw)(v_in).astype(dt)  # (B, Lk, Hkv, Dh)
+        q = dense((h, dh), ("embed", "heads", "head_dim"), name="query", **kw)(q_in).astype(
+            dt
+        )  # (B, Lq, H, Dh)
+        k = dense((hkv, dh), ("embed", "kv_heads", "head_dim"), name="key", **kw)(k_in).astype(
+            dt
+        )  # (B, Lk, Hkv, Dh)
+        v = dense((hkv, dh), ("embed", "kv_heads", "head_dim"), name="value", **kw)(v_in).astype(
+            dt
+        )  # (B, Lk, Hkv, Dh)
         if self.rope_theta is not None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(q_in.shape[1]), q_in.shape[:2])
@@ -108,5 +117,6 @@ class MultiHeadAttention(nn.Module):
             k = apply_rope(k, positions, self.rope_theta)
         mask = attention_mask(q.shape[1], k.shape[1], self.causal, segment_ids)
         out = dot_product_attention(q, k, v, mask, self.impl)  # (B, Lq, H, Dh)
-        return dense(d_model, ("heads", "head_dim", "embed"), in_axes=2, name="out",
-                     **kw)(out)  # (B, Lq, D)
+        return dense(d_model, ("heads", "head_dim", "embed"), in_axes=2, name="out", **kw)(
+            out
+        )  # (B, Lq, D)

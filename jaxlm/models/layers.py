@@ -50,8 +50,12 @@ class Dense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # (..., *in) -> (..., *features)
         n_out = len(self.features)
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes)
-        kernel = self.param("kernel", init, x.shape[x.ndim - self.n_in:] + self.features,
-                            jnp.dtype(self.param_dtype))
+        kernel = self.param(
+            "kernel",
+            init,
+            x.shape[x.ndim - self.n_in :] + self.features,
+            jnp.dtype(self.param_dtype),
+        )
         dt = jnp.dtype(self.dtype)
         contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
         y = dot_f32(x.astype(dt), kernel.astype(dt), (contract, ((), ())))
@@ -81,11 +85,22 @@ def norm(cfg: ModelConfig, name: str) -> nn.Module:
     so the optimizer's weight-decay mask can find them."""
     scale = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
     if cfg.family == "llama":
-        return nn.RMSNorm(epsilon=cfg.norm_eps, scale_init=scale, dtype=jnp.float32,
-                          param_dtype=cfg.param_dtype, name=name)
+        return nn.RMSNorm(
+            epsilon=cfg.norm_eps,
+            scale_init=scale,
+            dtype=jnp.float32,
+            param_dtype=cfg.param_dtype,
+            name=name,
+        )
     bias = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
-    return nn.LayerNorm(epsilon=cfg.norm_eps, scale_init=scale, bias_init=bias,
-                        dtype=jnp.float32, param_dtype=cfg.param_dtype, name=name)
+    return nn.LayerNorm(
+        epsilon=cfg.norm_eps,
+        scale_init=scale,
+        bias_init=bias,
+        dtype=jnp.float32,
+        param_dtype=cfg.param_dtype,
+        name=name,
+    )
 
 
 class Mlp(nn.Module):
@@ -103,8 +118,9 @@ class Mlp(nn.Module):
         else:
             h = dense(cfg.d_ff, ("embed", "mlp"), use_bias=True, name="fc", **kw)(x)
             h = nn.gelu(h, approximate=True).astype(dt)  # (B, L, F)
-        return dense(cfg.d_model, ("mlp", "embed"), use_bias=cfg.family != "llama",
-                     name="proj", **kw)(h)  # (B, L, D)
+        return dense(
+            cfg.d_model, ("mlp", "embed"), use_bias=cfg.family != "llama", name="proj", **kw
+        )(h)  # (B, L, D)
 
 
 def sinusoidal(positions: jax.Array, dim: int, max_timescale: float = 10000.0) -> jax.Array:

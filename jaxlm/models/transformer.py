@@ -70,18 +70,24 @@ class DecoderLM(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embed = nn.Embed(
-            cfg.vocab_size, cfg.d_model,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                        ("vocab", "embed")),
-            param_dtype=cfg.param_dtype, name="wte",
+            cfg.vocab_size,
+            cfg.d_model,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), ("vocab", "embed")
+            ),
+            param_dtype=cfg.param_dtype,
+            name="wte",
         )
         x = embed(tokens).astype(jnp.float32)  # (B, L, D)
         if cfg.positions == "learned":
             x = x + nn.Embed(
-                cfg.max_seq_len, cfg.d_model,
-                embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.01),
-                                                            (None, "embed")),
-                param_dtype=cfg.param_dtype, name="wpe",
+                cfg.max_seq_len,
+                cfg.d_model,
+                embedding_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(0.01), (None, "embed")
+                ),
+                param_dtype=cfg.param_dtype,
+                name="wpe",
             )(positions)
         elif cfg.positions == "sinusoidal":
             x = x + sinusoidal(positions, cfg.d_model)
@@ -89,7 +95,9 @@ class DecoderLM(nn.Module):
 
         block = Block
         if cfg.remat != "none":
-            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+            block = nn.remat(
+                Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers
+            )
         if cfg.scan_layers:  # one compiled block, parameters stacked on a leading 'layers' axis
             x, _ = nn.scan(
                 block,
@@ -102,7 +110,8 @@ class DecoderLM(nn.Module):
         else:
             for i in range(cfg.n_layers):
                 x, _ = block(cfg, deterministic=not train, name=f"block_{i}")(
-                    x, positions, segment_ids)
+                    x, positions, segment_ids
+                )
 
         x = norm(cfg, "final_norm")(x).astype(cfg.dtype)  # (B, L, D)
         if cfg.tie_embeddings:
@@ -110,9 +119,14 @@ class DecoderLM(nn.Module):
             logits = dot_f32(x, w, (((2,), (1,)), ((), ())))
         else:
             logits = nn.DenseGeneral(
-                cfg.vocab_size, use_bias=False, dot_general=dot_f32,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                         ("embed", "vocab")),
-                dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="lm_head",
+                cfg.vocab_size,
+                use_bias=False,
+                dot_general=dot_f32,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(0.02), ("embed", "vocab")
+                ),
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                name="lm_head",
             )(x)
         return logits.astype(jnp.float32)  # (B, L, V)

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from jaxlm.checkpoint import Checkpointer, PreemptionWatcher
+from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import Config
 from jaxlm.data.pipeline import build_pipeline, check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
@@ -28,6 +28,7 @@ from jaxlm.errors import TrainingError
 from jaxlm.generate import sample
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models import DecoderLM, param_count
+from jaxlm.preemption import PreemptionWatcher
 from jaxlm.profiling import (
     StepProfiler,
     device_memory,
