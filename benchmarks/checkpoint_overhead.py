@@ -80,7 +80,7 @@ def measure(config: str, overrides: list[str], steps: int, every: int) -> dict[s
                 ckpt.close()
                 out[f"{name}_final_wait_ms"] = (time.perf_counter() - t0) * 1e3
                 out[f"{name}_blocked_ms"] = blocked / saves * 1e3
-                out["data_state_ms"] = in_data_state / saves * 1e3
+                out[f"{name}_data_state_ms"] = in_data_state / saves * 1e3
 
         warm = Checkpointer(cfg, run.tokenizer, log=lambda m: None)
         phase("warmup", warm)  # compiles the step and Orbax's host transfers
@@ -123,13 +123,14 @@ def main() -> None:
         print(f"{name}: {r}", flush=True)
         over = (r["async_ms"] / r["none_ms"] - 1) * 100
         sync_over = (r["sync_ms"] / r["none_ms"] - 1) * 100
-        per_save = args.steps / (args.steps // args.every) / 1e3  # steps per save, in s/ms
-        lost = {k: (r[f"{k}_ms"] - r["none_ms"]) * per_save for k in ("async", "sync")}
+        steps_per_save = args.steps / (args.steps // args.every)
+        lost = {k: (r[f"{k}_ms"] - r["none_ms"]) * steps_per_save / 1e3  # seconds
+                for k in ("async", "sync")}
         rows.append(
             f"| {name} | {r['params'] / 1e6:.1f}M | {r['mb']:.1f} MB | {r['none_ms']:.1f} | "
-            f"{r['async_ms']:.1f} (+{over:.0f}%) | {r['async_blocked_ms']:.0f} | "
+            f"{r['async_ms']:.1f} (+{over:.0f}%) | {r['async_blocked_ms']:.0f} "
+            f"({r['async_data_state_ms']:.0f}) | {r['async_final_wait_ms']:.0f} | "
             f"{r['sync_ms']:.1f} (+{sync_over:.0f}%) | {r['sync_blocked_ms']:.0f} | "
-            f"{r['async_final_wait_ms']:.0f} | {r['data_state_ms']:.0f} | "
             f"{lost['async']:.2f} s / {lost['sync']:.2f} s |")
     cmd = " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
     lines = [
@@ -139,13 +140,13 @@ def main() -> None:
         f"{args.steps} steps per phase, a save every {args.every} steps (the data-pipeline "
         "state, train state, config and tokenizer, as the loop saves them). ms/step averages "
         "all steps, saves included; *blocked* is the time the training thread spends in one "
-        "save (for async: `pipe.state_dict()` and the copy to host memory; the last column "
-        "shows the `pipe.state_dict()` part); *final wait* is the wait for the last async save "
-        "at the end of a run.", "",
+        "save (for async: `pipe.state_dict()`, shown in brackets, and the copy to host "
+        "memory); *final async wait* is the wait for the last async save at the end of a run; "
+        "*lost per save* is the extra step time of a phase divided by its number of saves.", "",
         "| config | params | checkpoint | ms/step, no saves | ms/step, async saves | blocked "
-        "ms/save (async) | ms/step, sync saves | blocked ms/save (sync) | final wait ms | "
-        "of which `pipe.state_dict()` ms | training time lost per save, async / sync |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+        "ms per async save (of which `pipe.state_dict()`) | final async wait ms | ms/step, "
+        "sync saves | blocked ms per sync save | training time lost per save, async / sync |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
         "On 2 shared CPU cores the background write competes with the train step for the same "
         "cores, so async saving still costs some step time here; on an accelerator the step "
         "runs on the device while the host writes.",
