@@ -65,4 +65,4 @@ def test_cli_exit_code_in_a_real_process():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "jaxlm: error: model.n_heads=5 must divide model.d_model=256"]
+        "jaxlm: error: model.n_heads=5 must divide model.d_model=192"]

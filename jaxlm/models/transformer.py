@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.models.attention import MultiHeadAttention
-from jaxlm.models.layers import Mlp, dot_f32, norm, sinusoidal
+from jaxlm.models.layers import Mlp, dot_f32, norm, resolve_dtype, sinusoidal
 
 REMAT_POLICIES = {
     "full": None,  # recompute everything in the backward pass
@@ -66,7 +66,7 @@ class DecoderLM(nn.Module):
         segment_ids: jax.Array | None = None,  # (B, L) packed-document ids, 0 = padding
         train: bool = False,
     ) -> jax.Array:
-        cfg = self.cfg
+        cfg = resolve_dtype(self.cfg)  # dtype: auto → bf16 or f32 for this hardware
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embed = nn.Embed(

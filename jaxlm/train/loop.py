@@ -28,6 +28,7 @@ from jaxlm.errors import TrainingError
 from jaxlm.generate import sample
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models import DecoderLM, param_count
+from jaxlm.models.layers import resolve_dtype
 from jaxlm.preemption import PreemptionWatcher
 from jaxlm.profiling import (
     StepProfiler,
@@ -38,7 +39,7 @@ from jaxlm.profiling import (
 )
 from jaxlm.sharding import Rules, activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.train.optim import lr_schedule, make_optimizer
-from jaxlm.train.state import TrainState, create_train_state
+from jaxlm.train.state import TrainState, create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
 
 
@@ -68,8 +69,12 @@ class Run:
         return self.cfg.train.global_batch // jax.process_count()
 
 
-def setup(cfg: Config) -> Run:
-    """Mesh, tokenizer, model, optimizer and sharded state; config errors surface here first."""
+def setup(cfg: Config, init: bool = True) -> Run:
+    """Mesh, tokenizer, model, optimizer and sharded state; config errors surface here first.
+
+    ``init=False`` leaves ``run.state`` abstract (shapes and dtypes only), so resuming from a
+    checkpoint never holds a freshly initialised copy of the state next to the restored one.
+    """
     start_process(cfg)  # jax.distributed (several processes) and RUN_DIR/logs/process_N.log
     mesh = make_mesh(cfg)  # checks the mesh and batch against the device count
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -77,7 +82,8 @@ def setup(cfg: Config) -> Run:
     rules = logical_rules(cfg.mesh)
     model = DecoderLM(cfg.model)
     tx, schedule = make_optimizer(cfg.train), lr_schedule(cfg.train)
-    state, shardings = create_train_state(model, tx, mesh, rules, cfg.data.seq_len, cfg.train.seed)
+    state, shardings = create_train_state(model, tx, mesh, rules, cfg.data.seq_len,
+                                          cfg.train.seed, abstract=not init)
     bs = batch_sharding(mesh, rules)
     train_step = jit_train_step(make_train_step(cfg, model, tx, schedule), shardings, bs, mesh, rules)
     eval_step = make_eval_step(model, shardings, bs, mesh, rules)
@@ -139,9 +145,12 @@ def train(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     run_dir = Path(t.run_dir)
     profiler = StepProfiler(t.profile_steps, run_dir / "profile", t.steps)  # checks the steps
-    run = setup(cfg)
+    run = setup(cfg, init=False)
     ckpt = Checkpointer(cfg, run.tokenizer, log=lambda msg: _log(run, msg))
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
+    if is_abstract(run.state):  # nothing to resume from: initialise
+        run.state, _ = create_train_state(run.model, run.tx, run.mesh, run.rules,
+                                          cfg.data.seq_len, t.seed)
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
                            jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
     peak_flops = peak_flops_per_device(cfg.logging.peak_tflops)  # measured once on CPU
@@ -149,7 +158,8 @@ def train(cfg: Config) -> dict[str, Any]:
     if run.primary:
         (run_dir / "config.json").write_text(cfg.to_json())
     n_params = param_count(cfg.model)
-    _log(run, f"jaxlm: {cfg.model.family} model, {n_params / 1e6:.2f}M params, mesh "
+    dtype = resolve_dtype(cfg.model).dtype
+    _log(run, f"jaxlm: {cfg.model.family} model, {n_params / 1e6:.2f}M params, {dtype} compute, mesh "
               f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s), {t.steps} steps of {t.global_batch}x{cfg.data.seq_len} tokens")
 

@@ -48,22 +48,38 @@ def state_shardings(
     return TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
 
 
-def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules,
-    seq_len: int, seed: int,
-) -> tuple[TrainState, TrainState]:
-    """Initialise the sharded train state; returns ``(state, shardings)``."""
-    shardings = state_shardings(model, tx, mesh, rules, seq_len)
-
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> Any:
     def init(rng: jax.Array) -> TrainState:
         init_rng, rng = jax.random.split(rng)
         params = nn.unbox(init_params(model, init_rng, seq_len))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), rng=rng)
 
+    return init
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules,
+    seq_len: int, seed: int, abstract: bool = False,
+) -> tuple[TrainState, TrainState]:
+    """Initialise the sharded train state; returns ``(state, shardings)``.
+
+    With ``abstract=True`` nothing is computed or allocated: the state's leaves are
+    ``ShapeDtypeStruct``s, the target for restoring a checkpoint (see :func:`is_abstract`).
+    """
+    shardings = state_shardings(model, tx, mesh, rules, seq_len)
+    init = _init_fn(model, tx, seq_len)
+    rng = jax.random.PRNGKey(seed)
+    if abstract:
+        return jax.eval_shape(init, rng), shardings
     with activate(mesh, rules):
-        state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+        state = jax.jit(init, out_shardings=shardings)(rng)
     return state, shardings
+
+
+def is_abstract(state: Any) -> bool:
+    """True for a state of shapes only (``create_train_state(..., abstract=True)``)."""
+    return isinstance(jax.tree.leaves(state)[0], jax.ShapeDtypeStruct)
 
 
 def tree_norm(tree: Any) -> jax.Array:

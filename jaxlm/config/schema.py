@@ -1,28 +1,17 @@
-"""The config schema: typed sections, YAML presets and dotted command-line overrides.
+"""The config schema: every setting a run can be given, as typed pydantic sections.
 
-Everything a run can be told lives here, in pydantic models that forbid unknown keys, so a
-typo or a wrong type is caught before anything is compiled. A config is built from a YAML
-file plus overrides such as ``train.steps=200 model.n_layers=4``; every problem is reported as
-one :class:`ConfigError` line naming the key and what would be valid.
-
-This module imports nothing of jaxlm but its error types (floor 1). Checks that need the device count live in
-:func:`check_devices`, which callers run once jax is up.
+Each section forbids unknown keys and checks its values, so a typo or a wrong type is caught
+before anything is compiled; :class:`Config` checks combinations across sections. Building a
+config from YAML and ``section.key=value`` overrides lives in ``jaxlm.config.load``.
+This package imports nothing of jaxlm but its error types (floor 1).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from jaxlm.errors import UserError
-
-
-class ConfigError(UserError):
-    """A bad configuration; the message is one line naming the key and the valid choices."""
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -37,22 +26,29 @@ class ModelConfig(_Section):
 
     family: Literal["gpt2", "llama"] = "gpt2"
     vocab_size: int = Field(4096, gt=0)
-    d_model: int = Field(256, gt=0)
+    d_model: int = Field(192, gt=0)
     n_layers: int = Field(4, gt=0)
-    n_heads: int = Field(4, gt=0)
-    n_kv_heads: int | None = Field(None, gt=0, description="grouped-query attention; None = n_heads")
+    n_heads: int = Field(6, gt=0)
+    n_kv_heads: int | None = Field(
+        None, gt=0, description="grouped-query attention; None = n_heads"
+    )
     d_ff: int | None = Field(None, gt=0, description="MLP width; None = family default")
-    max_seq_len: int = Field(256, gt=0)
+    max_seq_len: int = Field(128, gt=0)
     positions: Literal["learned", "rope", "sinusoidal"] | None = None
     tie_embeddings: bool | None = None
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention: Literal["xla", "dot_product", "cudnn"] = Field(
-        "xla", description="xla: explicit softmax(QK^T/sqrt(d))V; dot_product: "
-        "jax.nn.dot_product_attention (XLA); cudnn: the same with the cuDNN kernel (GPU only)"
+        "xla",
+        description="xla: explicit softmax(QK^T/sqrt(d))V; dot_product: "
+        "jax.nn.dot_product_attention (XLA); cudnn: the same with the cuDNN kernel (GPU only)",
     )
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="compute dtype")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="compute dtype; auto = bfloat16 where the hardware has native bf16 "
+        "matmuls (TPU, GPU, CPUs with AMX/AVX512-BF16), else float32",
+    )
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = False
@@ -107,8 +103,10 @@ class SourceConfig(_Section):
     def _check_path(self) -> SourceConfig:
         paths = [self.path] if isinstance(self.path, str) else self.path
         if not paths or any(not p.strip() for p in paths):
-            raise ValueError("data.train/eval source path is empty; give 'default', a hub dataset "
-                             "name, or files/directories/globs")
+            raise ValueError(
+                "data.train/eval source path is empty; give 'default', a hub dataset "
+                "name, or files/directories/globs"
+            )
         return self
 
 
@@ -125,7 +123,7 @@ class DataConfig(_Section):
         description="held-out sources for eval; None disables eval",
     )
     tokenizer: str = Field("default", description="'default', a tokenizer.json or a directory")
-    seq_len: int = Field(256, gt=1)
+    seq_len: int = Field(128, gt=1)
     shuffle: bool = Field(True, description="seeded file order per epoch plus a document buffer")
     shuffle_buffer: int = Field(1024, gt=0, description="documents held by the shuffle buffer")
     seed: int = 0
@@ -208,7 +206,9 @@ class MeshConfig(_Section):
     dcn_data: int = Field(1, gt=0, description="slices spanned by the data axis (multi-slice)")
     dcn_fsdp: int = Field(1, gt=0, description="slices spanned by the fsdp axis (multi-slice)")
     dcn_tensor: int = Field(1, gt=0, description="slices spanned by the tensor axis (rarely > 1)")
-    rules: list[tuple[str, str | list[str] | None]] = Field(default_factory=lambda: list(DEFAULT_RULES))
+    rules: list[tuple[str, str | list[str] | None]] = Field(
+        default_factory=lambda: list(DEFAULT_RULES)
+    )
 
     @model_validator(mode="after")
     def _check_sizes(self) -> MeshConfig:
@@ -240,8 +240,9 @@ class CheckpointConfig(_Section):
     async_save: bool = Field(True, description="write in the background while training goes on")
     resume: str = Field("auto", description="auto | never | <checkpoint path>")
     allow_config_change: bool = Field(
-        False, description="resume even if the model, data.seq_len, train.global_batch, the "
-        "tokenizer or the data stream differ from the checkpoint's"
+        False,
+        description="resume even if the model, data.seq_len, train.global_batch, the "
+        "tokenizer or the data stream differ from the checkpoint's",
     )
 
     @model_validator(mode="after")
@@ -259,8 +260,10 @@ class LoggingConfig(_Section):
     progress: bool = Field(True, description="terminal progress bar")
     flush_secs: int = Field(10, gt=0, description="how often event files are flushed")
     peak_tflops: float | None = Field(
-        None, gt=0.0, description="peak TFLOP/s per device for MFU; None = known TPU/GPU "
-        "table, or measured on CPU"
+        None,
+        gt=0.0,
+        description="peak TFLOP/s per device for MFU; None = known TPU/GPU "
+        "table, or measured on CPU",
     )
     memory_summary: bool = Field(
         True, description="print bytes per device (params, optimizer, step temporaries) at start"
@@ -328,7 +331,9 @@ class Config(_Section):
         if m.d_model % m.n_heads:
             raise ValueError(f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}")
         if m.n_heads % m.n_kv_heads:
-            raise ValueError(f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}")
+            raise ValueError(
+                f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}"
+            )
         if m.positions == "rope" and m.head_dim % 2:
             raise ValueError(f"rope needs an even head dim; d_model/n_heads={m.head_dim}")
         if self.data.seq_len > m.max_seq_len:
@@ -346,127 +351,3 @@ class Config(_Section):
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-# ------------------------------------------------------------------------- building a config
-
-
-def _format_error(err: ValidationError) -> str:
-    """One line for the first pydantic error: the dotted key, the problem, what is valid."""
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
-        section = _section_at(e["loc"][:-1])
-        valid = ", ".join(section.model_fields) if section else ""
-        return f"unknown key '{loc}'" + (f"; valid keys here: {valid}" if valid else "")
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "value_error" or not loc:  # our own checks already name their keys
-        return msg
-    return f"{loc}={e.get('input')!r}: {msg}"
-
-
-def _section_at(loc: tuple) -> type[BaseModel] | None:
-    cls: Any = Config
-    for part in loc:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            return None if isinstance(part, str) else cls
-        ann = field.annotation
-        cls = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
-                    and issubclass(a, BaseModel)), None)
-        if cls is None:
-            return None
-    return cls
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not of the form section.key=value")
-        parts = key.split(".")
-        node: Any = raw
-        default: Any = Config().model_dump(mode="json")  # fills in lists the YAML left out
-        for i, p in enumerate(parts):
-            default = default.get(p) if isinstance(default, dict) else None
-            last = i == len(parts) - 1
-            parsed = yaml.safe_load(value) if value != "" else None
-            if isinstance(node, list):  # data.train.0.path=...: index into a list of sections
-                if not p.isdigit() or int(p) >= len(node):
-                    raise ConfigError(f"override '{key}': '{p}' is not an index below {len(node)}")
-                if last:
-                    node[int(p)] = parsed
-                else:
-                    node = node[int(p)]
-            elif isinstance(node, dict):
-                if last:
-                    node[p] = parsed
-                else:
-                    node = node.setdefault(p, default if isinstance(default, list) else {})
-            else:
-                raise ConfigError(f"override '{key}': '{parts[i - 1]}' is a value, not a section")
-    return raw
-
-
-def from_dict(raw: dict[str, Any]) -> Config:
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a config from an optional YAML file plus dotted overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{path}' not found (see configs/ for presets)")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {err}".splitlines()[0]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
-    return from_dict(apply_overrides(raw, overrides or []))
-
-
-def resolve_mesh_shape(mesh: MeshConfig, n_devices: int) -> tuple[int, int, int]:
-    """The concrete (data, fsdp, tensor) sizes for ``n_devices``, with -1 filled in."""
-    sizes = [mesh.data, mesh.fsdp, mesh.tensor]
-    fixed = 1
-    for s in sizes:
-        fixed *= s if s != -1 else 1
-    if -1 in sizes:
-        if n_devices % fixed:
-            raise ConfigError(
-                f"mesh sizes {sizes} need the device count {n_devices} to be a multiple of {fixed}"
-            )
-        sizes[sizes.index(-1)] = n_devices // fixed
-    elif fixed != n_devices:
-        raise ConfigError(
-            f"mesh data*fsdp*tensor = {'*'.join(map(str, sizes))} = {fixed} but there are "
-            f"{n_devices} devices; make the product {n_devices} or set one axis to -1"
-        )
-    return tuple(sizes)  # type: ignore[return-value]
-
-
-def check_devices(cfg: Config, n_devices: int) -> tuple[int, int, int]:
-    """Checks that need the device count; returns the resolved mesh shape."""
-    data, fsdp, tensor = resolve_mesh_shape(cfg.mesh, n_devices)
-    dp = data * fsdp
-    micro = cfg.train.global_batch // cfg.train.grad_accum
-    if micro % dp:
-        raise ConfigError(
-            f"train.global_batch={cfg.train.global_batch} (per microbatch {micro}) is not divisible "
-            f"by the data-parallel size data*fsdp={dp}; use a multiple of {dp}"
-        )
-    m = cfg.model
-    for key, size in [("n_heads", m.n_heads), ("n_kv_heads", m.n_kv_heads), ("d_ff", m.d_ff),
-                      ("vocab_size", m.vocab_size)]:
-        if size % tensor:
-            raise ConfigError(f"model.{key}={size} is not divisible by mesh.tensor={tensor}")
-    if m.d_model % fsdp:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by mesh.fsdp={fsdp}")
-    return data, fsdp, tensor

@@ -1,0 +1,41 @@
+"""Typed configuration: the schema (``schema.py``) and how a config is built (``load.py``)."""
+
+from jaxlm.config.load import (
+    ConfigError,
+    apply_overrides,
+    check_devices,
+    from_dict,
+    load_config,
+    resolve_mesh_shape,
+)
+from jaxlm.config.schema import (
+    DEFAULT_RULES,
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    DistributedConfig,
+    LoggingConfig,
+    MeshConfig,
+    ModelConfig,
+    SourceConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "DEFAULT_RULES",
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DistributedConfig",
+    "LoggingConfig",
+    "MeshConfig",
+    "ModelConfig",
+    "SourceConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "check_devices",
+    "from_dict",
+    "load_config",
+    "resolve_mesh_shape",
+]
