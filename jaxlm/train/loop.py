@@ -85,7 +85,8 @@ def setup(cfg: Config, init: bool = True) -> Run:
     state, shardings = create_train_state(model, tx, mesh, rules, cfg.data.seq_len,
                                           cfg.train.seed, abstract=not init)
     bs = batch_sharding(mesh, rules)
-    train_step = jit_train_step(make_train_step(cfg, model, tx, schedule), shardings, bs, mesh, rules)
+    step_fn = make_train_step(cfg, model, tx, schedule)
+    train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
     eval_step = make_eval_step(model, shardings, bs, mesh, rules)
     return Run(cfg, mesh, rules, model, tx, schedule, state, shardings, bs, train_step, eval_step,
                tokenizer)
@@ -159,7 +160,8 @@ def train(cfg: Config) -> dict[str, Any]:
         (run_dir / "config.json").write_text(cfg.to_json())
     n_params = param_count(cfg.model)
     dtype = resolve_dtype(cfg.model).dtype
-    _log(run, f"jaxlm: {cfg.model.family} model, {n_params / 1e6:.2f}M params, {dtype} compute, mesh "
+    _log(run, f"jaxlm: {cfg.model.family} model, {n_params / 1e6:.2f}M params, {dtype} compute, "
+              "mesh "
               f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s), {t.steps} steps of {t.global_batch}x{cfg.data.seq_len} tokens")
 
