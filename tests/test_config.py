@@ -31,7 +31,7 @@ BAD = [
     (["model.n_layer=3"], "unknown key 'model.n_layer'"),
     (["model.n_layers=three"], "model.n_layers"),
     (["model.n_heads=5"], "model.n_heads=5 must divide model.d_model"),
-    (["model.n_kv_heads=3"], "model.n_kv_heads=3 must divide model.n_heads"),
+    (["model.n_kv_heads=4"], "model.n_kv_heads=4 must divide model.n_heads"),
     (["train.global_batch=12"], "not divisible by the data-parallel size"),
     (["mesh.data=3"], "there are 8 devices"),
     (["model.family=gpt5"], "'gpt2' or 'llama'"),
