@@ -77,8 +77,10 @@ def table_peak_flops(device_kind: str) -> float | None:
 @functools.cache
 def measure_cpu_peak_flops(budget_s: float = 0.8) -> float:
     """FLOP/s of this host's CPU, measured once per process (cached): the best of a few
-    bf16×bf16→f32 matmuls, doubled in size (256 to 2048) until one takes 20 ms or half of
-    ``budget_s`` is spent; well under a second of start-up.
+    bf16×bf16→f32 and f32 matmuls, doubled in size (256 to 2048) until one takes 20 ms or a
+    quarter of ``budget_s`` is spent per dtype; well under a second of start-up. Both dtypes,
+    because CPUs without AMX / AVX512-BF16 run f32 faster (and ``model.dtype: auto`` then
+    computes in f32): the peak is the faster of the two.
 
     The whole machine's rate (XLA:CPU uses every core for one dot): divide by the number of
     CPU devices in this process for a per-device figure (see :func:`peak_flops_per_device`).
@@ -87,19 +89,22 @@ def measure_cpu_peak_flops(budget_s: float = 0.8) -> float:
     dims = (((1,), (0,)), ((), ()))
     matmul = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims,
                                                       preferred_element_type=jnp.float32))
-    start, best, n = time.perf_counter(), 0.0, 256
-    while True:
-        a = jax.device_put(jnp.ones((n, n), jnp.bfloat16), dev)
-        matmul(a, a).block_until_ready()  # compile and warm up
-        fastest = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            matmul(a, a).block_until_ready()
-            fastest = min(fastest, time.perf_counter() - t)
-        best = max(best, 2 * n**3 / fastest)
-        if fastest > 0.02 or n >= 2048 or time.perf_counter() - start > budget_s / 2:
-            return best
-        n *= 2
+    best = 0.0
+    for dtype in (jnp.bfloat16, jnp.float32):
+        start, n = time.perf_counter(), 256
+        while True:
+            a = jax.device_put(jnp.ones((n, n), dtype), dev)
+            matmul(a, a).block_until_ready()  # compile and warm up
+            fastest = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                matmul(a, a).block_until_ready()
+                fastest = min(fastest, time.perf_counter() - t)
+            best = max(best, 2 * n**3 / fastest)
+            if fastest > 0.02 or n >= 2048 or time.perf_counter() - start > budget_s / 4:
+                break
+            n *= 2
+    return best
 
 
 def peak_flops_per_device(override_tflops: float | None = None) -> float | None:

@@ -83,7 +83,7 @@ def is_abstract(state: Any) -> bool:
 
 
 def tree_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def param_bytes(tree: Any) -> int:

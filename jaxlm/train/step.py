@@ -80,8 +80,8 @@ def make_train_step(
             "z_loss": sums["z"] / denom,
             "accuracy": sums["correct"] / denom,
             "tokens": sums["weight"],
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
             "lr": schedule(state.step),
         }
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
