@@ -30,6 +30,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
+from report import replace_section  # benchmarks/report.py
 
 from jaxlm.checkpoint import Checkpointer  # noqa: E402
 from jaxlm.config import load_config  # noqa: E402
@@ -96,18 +97,6 @@ def measure(config: str, overrides: list[str], steps: int, every: int) -> dict[s
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or append) the markdown section that starts at ``heading``."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
 
 
 def main() -> None:

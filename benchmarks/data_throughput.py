@@ -32,6 +32,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import Config, load_config  # noqa: E402
 from jaxlm.data.pipeline import build_pipeline, to_global  # noqa: E402
@@ -88,18 +89,6 @@ def model_rates(cfg: Config, steps: int, rounds: int) -> dict[str, float] | None
     pipe.close()
     s, f = statistics.median(synthetic), statistics.median(fed)
     return {"step": s, "tok_s": tokens / s, "fed_step": f, "fed_tok_s": tokens / f}
-
-
-def replace_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or append) the markdown section that starts at ``heading``."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import load_config
 from jaxlm.models import flops_per_token, param_count
@@ -195,18 +196,6 @@ def write_markdown(rows: list[dict], peak: float, cmd: str) -> None:
             f"{r['ratio32']:.2f}x |"
         )
     replace_section(ROOT / "BENCHMARKS.md", "## Training throughput", "\n".join(lines) + "\n")
-
-
-def replace_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or append) the markdown section starting at ``heading``."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
 
 
 def main() -> None:

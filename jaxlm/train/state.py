@@ -80,11 +80,3 @@ def create_train_state(
 def is_abstract(state: Any) -> bool:
     """True for a state of shapes only (``create_train_state(..., abstract=True)``)."""
     return isinstance(jax.tree.leaves(state)[0], jax.ShapeDtypeStruct)
-
-
-def tree_norm(tree: Any) -> jax.Array:
-    return optax.tree.norm(tree)
-
-
-def param_bytes(tree: Any) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
