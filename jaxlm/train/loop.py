@@ -196,11 +196,12 @@ def train(cfg: Config) -> dict[str, Any]:
                         f"loss is {last['loss']} at step {done} (lr {last['lr']:.3g}); lower "
                         f"train.lr, set train.clip_norm, or use model.dtype=float32")
                 first_loss = last["loss"] if first_loss is None else first_loss
-                elapsed = time.perf_counter() - window_start
-                step_time = elapsed / window_steps
-                last["step_time"] = step_time
-                last.update(throughput(cfg.model, cfg.data.seq_len, t.global_batch, step_time,
-                                       jax.device_count(), peak_flops), **device_memory())
+                if step != start:  # the first step's time is mostly compilation: not timed
+                    step_time = (time.perf_counter() - window_start) / window_steps
+                    last["step_time"] = step_time
+                    last.update(throughput(cfg.model, cfg.data.seq_len, t.global_batch,
+                                           step_time, jax.device_count(), peak_flops))
+                last.update(device_memory())
                 writer.scalars(done, last, prefix="train/")
                 bar.set_postfix(progress_postfix(last), refresh=False)
                 window_start, window_steps = time.perf_counter(), 0
