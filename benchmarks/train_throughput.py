@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import flax
 import jax
 import numpy as np
 from report import replace_section  # benchmarks/report.py
@@ -33,6 +34,26 @@ from jaxlm.profiling import measure_cpu_peak_flops
 from jaxlm.train.loop import setup
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that decide its matmul speed (from /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                  if ln.startswith("model name")), platform.machine())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                      if ln.startswith("flags")), []))
+    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({', '.join(has) or 'no AVX2'})"
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def random_batch(b: int, seq: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -173,12 +194,14 @@ def bench(name: str, overrides: list[str], rounds: int, steps: int, peak: float)
 
 
 def write_markdown(rows: list[dict], peak: float, cmd: str) -> None:
+    heading = f"## Training throughput, jax {jax.__version__}"
     lines = [
-        "## Training throughput",
+        heading,
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"jax {jax.__version__} on {jax.devices()[0].platform.upper()} (1 device). "
+        f"Machine: {cpu_description()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, "
+        f"torch {torch_version()} on {jax.devices()[0].platform.upper()} (1 device). "
         f"CPU peak measured in the same run (best of bf16×bf16→f32 and f32 matmuls): "
         f"{peak / 1e12:.3f} TFLOP/s. jaxlm computes in the dtype `model.dtype: auto` picks.",
         "PyTorch: the same GPT-2 model written in the benchmark, eager, AdamW, with bf16 "
@@ -195,7 +218,7 @@ def write_markdown(rows: list[dict], peak: float, cmd: str) -> None:
             f"{r['torch_tok_s']:,.0f} | {r['torch32_tok_s']:,.0f} | {r['ratio']:.2f}x | "
             f"{r['ratio32']:.2f}x |"
         )
-    replace_section(ROOT / "BENCHMARKS.md", "## Training throughput", "\n".join(lines) + "\n")
+    replace_section(ROOT / "BENCHMARKS.md", heading, "\n".join(lines) + "\n")
 
 
 def main() -> None:
