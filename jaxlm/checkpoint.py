@@ -58,8 +58,12 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def open_manager(directory: Path, ccfg: CheckpointConfig | None = None) -> ocp.CheckpointManager:
-    """An Orbax manager of ``directory``: writable with ``ccfg``'s policies, else read-only."""
+def open_manager(directory: Path, ccfg: CheckpointConfig | None = None,
+                 best: tuple[str, bool] | None = None) -> ocp.CheckpointManager:
+    """An Orbax manager of ``directory``: writable with ``ccfg``'s policies, else read-only.
+
+    ``best = (metric, higher_is_better)`` also keeps the one checkpoint saved with the best
+    value of that metric (checkpoints saved without metrics are kept only as the latest)."""
     if ccfg is None:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                save_interval_steps=0)
@@ -67,6 +71,10 @@ def open_manager(directory: Path, ccfg: CheckpointConfig | None = None) -> ocp.C
         keep: list[Any] = [policies.LatestN(ccfg.keep)]
         if ccfg.keep_period:
             keep.append(policies.EveryNSteps(ccfg.keep_period))
+        if best is not None:
+            metric, higher = best
+            keep.append(policies.BestN(get_metric_fn=lambda m: m[metric], reverse=not higher,
+                                       n=1, keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep),
             enable_async_checkpointing=ccfg.async_save, cleanup_tmp_directories=True)
@@ -130,8 +138,10 @@ class Checkpointer:
     the end. All processes call every method; only process 0 writes the JSON items.
     """
 
-    def __init__(self, cfg: Config, tokenizer: Any, log: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: Config, tokenizer: Any, log: Callable[[str], None] = print, *,
+                 best: tuple[str, bool] | None = None, compat_keys: tuple[str, ...] = ()) -> None:
         self.cfg, self.ccfg, self.log = cfg, cfg.checkpoint, log
+        self.compat_keys = compat_keys
         self.directory = checkpoint_dir(cfg.train.run_dir)
         self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
         self._in_flight: int | None = None  # step of an async save not yet known to be final
@@ -142,7 +152,7 @@ class Checkpointer:
                 probe = self.directory / f".write-test-{time.time_ns()}"
                 probe.write_bytes(b"")
                 probe.unlink()
-            self.manager = open_manager(self.directory, self.ccfg)  # removes the unfinished
+            self.manager = open_manager(self.directory, self.ccfg, best)  # drops unfinished
         except OSError as e:
             raise CheckpointError(
                 f"cannot write to the checkpoint directory {self.directory}: {_reason(e)}") from e
@@ -236,7 +246,7 @@ class Checkpointer:
 
     def _check_compatible(self, where: Path, saved_cfg: dict[str, Any],
                           saved_tok: dict[str, Any]) -> None:
-        diffs = config_differences(saved_cfg, self.cfg)
+        diffs = config_differences(saved_cfg, self.cfg, self.compat_keys)
         if saved_tok.get("sha256") != self.tokenizer_ref["sha256"]:
             diffs.append(f"tokenizer {saved_tok.get('tokenizer')!r} (checkpoint) differs from "
                          f"{self.tokenizer_ref['tokenizer']!r}")
@@ -275,8 +285,9 @@ class Checkpointer:
         return step % self.ccfg.every == 0 or step == self.cfg.train.steps
 
     def save(self, step: int, state: Any, data_state: dict[str, Any], *,
-             wait: bool = False) -> bool:
+             wait: bool = False, metrics: dict[str, float] | None = None) -> bool:
         """Save everything after ``step``; ``wait`` blocks until it is final on disk.
+        ``metrics`` rank the checkpoint when the manager keeps the best one.
 
         Returns False if this step was already saved. A failure to write (full disk, no
         permission) raises :class:`TrainingError`; complete checkpoints are left as they are.
@@ -292,7 +303,7 @@ class Checkpointer:
             config=ocp.args.JsonSave(self.cfg.to_dict()),
             tokenizer=ocp.args.JsonSave(self.tokenizer_ref))
         try:
-            self.manager.save(step, args=args, force=True)
+            self.manager.save(step, args=args, metrics=metrics, force=True)
         except Exception as e:  # noqa: BLE001 - reported as one clear TrainingError
             raise self._failed(step, e) from e
         self._in_flight = step

@@ -105,11 +105,13 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
-def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+def config_differences(saved: dict[str, Any], cfg: Config,
+                       extra: tuple[str, ...] = ()) -> list[str]:
     """What makes a saved run incompatible with ``cfg``: the model architecture,
-    ``data.seq_len`` and ``train.global_batch`` (keys an older config lacks are skipped)."""
+    ``data.seq_len``, ``train.global_batch`` and the ``extra`` dotted keys (keys an older
+    config lacks are skipped)."""
     now = cfg.to_dict()
     keys = [f"model.{k}" for k in now["model"] if k not in RUNTIME_MODEL_FIELDS]
-    keys += ["data.seq_len", "train.global_batch"]
+    keys += ["data.seq_len", "train.global_batch", *extra]
     return [f"{k}={_get(saved, k)!r} (checkpoint) vs {_get(now, k)!r}" for k in keys
             if _get(saved, k) is not _ABSENT and _get(saved, k) != _get(now, k)]

@@ -47,19 +47,25 @@ def _latest(directory: Path, step: int | None) -> tuple[ocp.CheckpointManager, i
     return manager, step
 
 
-def _restore_params(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
-    """Only the ``params`` of a full checkpoint's ``state`` (the optimizer state stays on disk)."""
+def _restore_params(manager: ocp.CheckpointManager, step: int, target: Any,
+                    subtree: str | None = None) -> Any:
+    """Only the ``params`` (or their ``subtree``) of a full checkpoint's ``state``; the
+    optimizer state stays on disk."""
     saved = manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved)
-    diffs = mismatches(saved.get("params"), target)
+    saved = getattr(saved, "tree", saved).get("params")
+    if subtree is not None:
+        saved = saved.get(subtree) if isinstance(saved, dict) else None
+    diffs = mismatches(saved, target)
     if diffs:
         raise CheckpointError(describe_mismatch(f"checkpoint {manager.directory / str(step)}",
                                                 diffs))
+    item = target if subtree is None else {subtree: target}
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": target},
-        restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)},
+        item={"params": item},
+        restore_args={"params": ocp.checkpoint_utils.construct_restore_args(item)},
         partial_restore=True)))
-    return restored.state["params"]
+    params = restored.state["params"]
+    return params if subtree is None else params[subtree]
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +130,7 @@ def _copy_tokenizer(spec: str, out: Path) -> None:
         pass
 
 
-def _load_export(path: Path, abstract_params: Any) -> Any:
+def _load_export(path: Path, abstract_params: Any, subtree: str | None = None) -> Any:
     """Read an export lazily: each process reads only the slices its devices hold."""
     import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy, for bf16 exports
     from safetensors import safe_open
@@ -132,6 +138,9 @@ def _load_export(path: Path, abstract_params: Any) -> Any:
     file = path if path.suffix == ".safetensors" else path / WEIGHTS
     with safe_open(str(file), "np") as f:
         slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+        if subtree is not None:
+            prefix = subtree + "/"
+            slices = {k[len(prefix):]: v for k, v in slices.items() if k.startswith(prefix)}
         saved = _unflatten({k: jax.ShapeDtypeStruct(tuple(v.get_shape()), np.float32)
                             for k, v in slices.items()})
         diffs = mismatches(saved, abstract_params)
@@ -154,8 +163,13 @@ def is_export(path: str | Path) -> bool:
     return p.suffix == ".safetensors" or (p / WEIGHTS).is_file()
 
 
-def load_params(path: str | Path, abstract_params: Any, step: int | None = None) -> Any:
+def load_params(path: str | Path, abstract_params: Any, step: int | None = None,
+                subtree: str | None = None) -> Any:
     """Parameters from an export or a full checkpoint, placed as ``abstract_params`` says.
+
+    ``subtree`` (e.g. ``"backbone"``) reads only that part of the saved parameters, which
+    ``abstract_params`` then describes: fine-tuning loads a backbone this way and leaves
+    the pretraining head on disk.
 
     ``abstract_params`` is the expected parameter tree of ``jax.ShapeDtypeStruct`` leaves
     with shardings (e.g. ``abstract_like(params, param_shardings)``); values are cast to its
@@ -163,7 +177,7 @@ def load_params(path: str | Path, abstract_params: Any, step: int | None = None)
     Fine-tuning and generation load their starting weights with this.
     """
     if is_export(path):
-        return _load_export(Path(path), abstract_params)
+        return _load_export(Path(path), abstract_params, subtree)
     directory, found = locate(path)
     manager, step = _latest(directory, step if step is not None else found)
-    return _restore_params(manager, step, abstract_params)
+    return _restore_params(manager, step, abstract_params, subtree)

@@ -106,8 +106,9 @@ def logical_to_sharding(logical_tree: Any, mesh: Mesh, rules: Rules) -> Any:
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
-    """Sharding of a (batch, seq) input array: batch over the data-parallel axes."""
-    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), rules))
+    """Sharding of any batch array ((B,), (B, L), (B, C) ...): rows over the data-parallel
+    axes, the other dimensions replicated."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

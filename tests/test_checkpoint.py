@@ -32,10 +32,10 @@ from jaxlm.config import Config, load_config
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import TrainingError
 from jaxlm.export import export, load_params
-from jaxlm.models import DecoderLM
 from jaxlm.sharding import logical_rules, make_mesh
+from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import make_optimizer
-from jaxlm.train.state import TrainState, init_params, state_shardings
+from jaxlm.train.state import TrainState, state_shardings
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "configs" / "pretrain" / "tiny.yaml"
@@ -56,12 +56,11 @@ def build(cfg: Config, n_devices: int = 1, seed: int = 0) -> tuple[Any, Any]:
     values from ``seed`` (traced with ``jax.eval_shape``, never compiled: fast tests).
     """
     mesh = make_mesh(cfg, jax.devices()[:n_devices])
-    model, tx = DecoderLM(cfg.model), make_optimizer(cfg.train)
-    seq = cfg.data.seq_len
-    shardings = state_shardings(model, tx, mesh, logical_rules(cfg.mesh), seq)
+    task, tx = CausalLM(cfg.model), make_optimizer(cfg.train)
+    shardings = state_shardings(task, tx, mesh, logical_rules(cfg.mesh))
 
     def init() -> TrainState:
-        params = nn.unbox(init_params(model, jax.random.PRNGKey(0), seq))
+        params = nn.unbox(task.init(jax.random.PRNGKey(0)))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
 
@@ -162,7 +161,7 @@ def test_restore_onto_another_mesh(tmp_path, mesh_to, n_to):
     for x, s in zip(jax.tree.leaves(state_tree(restored)), jax.tree.leaves(state_tree(shardings)),
                     strict=True):
         assert x.sharding == s
-    assert len(restored.params["wte"]["embedding"].sharding.device_set) == n_to
+    assert len(restored.params["backbone"]["wte"]["embedding"].sharding.device_set) == n_to
 
 
 # -------------------------------------------------------------------------- bad input
@@ -179,10 +178,12 @@ def test_other_architecture_lists_mismatched_paths(tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.d_model=32 \(checkpoint\) vs 64.*"
                                               r"allow_config_change=true"):
         checkpointer(wider).restore(other, shardings)
-    expected = {"model.d_model=64": "params/block_0/attn/key/bias: checkpoint (4, 8) vs model "
-                                    "(4, 16); params/block_0/attn/key/kernel: checkpoint",
-                "model.n_layers=2": "(48 differences): params/block_1/attn/key/bias (4, 8): "
-                                    "missing from the checkpoint; params/block_1/attn/key/kernel"}
+    expected = {"model.d_model=64": "params/backbone/block_0/attn/key/bias: checkpoint (4, 8) "
+                                    "vs model (4, 16); params/backbone/block_0/attn/key/kernel: "
+                                    "checkpoint",
+                "model.n_layers=2": "(48 differences): params/backbone/block_1/attn/key/bias "
+                                    "(4, 8): missing from the checkpoint; "
+                                    "params/backbone/block_1/attn/key/kernel"}
     for change, listed in expected.items():
         allowed = make_cfg(tmp_path, change, "checkpoint.allow_config_change=true")
         other, shardings = build(allowed)
@@ -336,9 +337,10 @@ def test_export_and_load_params(tmp_path):
     for path in (run, run / "checkpoints" / "5", tmp_path / "f32"):
         params = load_params(path, target)
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), expected)
-        assert params["wte"]["embedding"].sharding == shardings.params["wte"]["embedding"]
+        emb = params["backbone"]["wte"]["embedding"]
+        assert emb.sharding == shardings.params["backbone"]["wte"]["embedding"]
     params = load_params(tmp_path / "bf16", target)
-    assert params["wte"]["embedding"].dtype == np.float32
+    assert params["backbone"]["wte"]["embedding"].dtype == np.float32
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-6),
                  jax.tree.map(np.asarray, params), expected)
 
@@ -346,7 +348,8 @@ def test_export_and_load_params(tmp_path):
     other, shardings = build(wrong)
     for path in (run, tmp_path / "f32"):
         with pytest.raises(CheckpointError, match=r"does not fit this model \(20 differences\): "
-                                                  r"block_0/attn/key/bias: checkpoint \(4, 8\) vs"):
+                                                  r"backbone/block_0/attn/key/bias: checkpoint "
+                                                  r"\(4, 8\) vs"):
             load_params(path, abstract_like(other.params, shardings.params))
 
 

@@ -150,7 +150,7 @@ def test_export_cli(tmp_path, reference):
 
     with safe_open(str(out / "model.safetensors"), "np") as f:
         assert f.metadata() == {"format": "jaxlm", "step": str(STEPS), "dtype": "bfloat16"}
-        assert "wte/embedding" in f.keys()
+        assert "backbone/wte/embedding" in f.keys()
         assert not any(k.startswith(("opt_state", "mu", "nu")) for k in f.keys())
     assert json.loads((out / "config.json").read_text())["data"]["seq_len"] == 32
     bad = subprocess.run([sys.executable, "-m", "jaxlm.cli", "export", str(tmp_path / "none"),

@@ -90,7 +90,8 @@ def test_two_processes_preempt_together_and_reshard_into_one(tmp_path):
         assert got.keys() == saved.keys()
         for k, v in got.items():
             np.testing.assert_array_equal(v, saved[k], err_msg=k)
-        assert restored.params["wte"]["embedding"].sharding == shardings.params["wte"]["embedding"]
+        assert restored.params["backbone"]["wte"]["embedding"].sharding == (
+            shardings.params["backbone"]["wte"]["embedding"])
 
 
 def worker(pid: int, port: str, run_dir: str) -> None:

@@ -27,6 +27,18 @@ def test_overrides_and_family_defaults():
     assert cfg.data.train[0].path == "/x/*.txt"
 
 
+def test_family_resolves_to_feature_flags():
+    """The family string is resolved once into the flags layers read; each can be overridden."""
+    bert = load_config(None, ["model.family=bert", "data.mode=mlm"]).model
+    assert (bert.norm, bert.norm_position, bert.mlp, bert.bias, bert.causal) == (
+        "layernorm", "post", "gelu", True, False)
+    assert bert.type_vocab_size == 2 and bert.embed_norm and bert.norm_eps == 1e-12
+    llama = load_config(None, ["model.family=llama", "model.bias=true"]).model
+    assert (llama.norm, llama.mlp, llama.bias, llama.causal) == ("rmsnorm", "swiglu", True, True)
+    gpt2 = load_config(None).model
+    assert (gpt2.norm_position, gpt2.mlp, gpt2.positions) == ("pre", "gelu_tanh", "learned")
+
+
 BAD = [
     (["model.n_layer=3"], "unknown key 'model.n_layer'"),
     (["model.n_layers=three"], "model.n_layers"),
@@ -34,7 +46,10 @@ BAD = [
     (["model.n_kv_heads=4"], "model.n_kv_heads=4 must divide model.n_heads"),
     (["train.global_batch=12"], "not divisible by the data-parallel size"),
     (["mesh.data=3"], "there are 8 devices"),
-    (["model.family=gpt5"], "'gpt2' or 'llama'"),
+    (["model.family=gpt5"], "'gpt2', 'llama' or 'bert'"),
+    (["data.mode=mlm"], "data.mode=mlm needs an encoder (model.family=bert)"),
+    (["model.family=bert"], "model.family=bert is an encoder: use data.mode=mlm"),
+    (["model.family=bert", "data.mode=pad"], "data.mode=pad trains next-token prediction"),
     (["configs/pretrain/tiny.yaml", "train.steps"], "not of the form section.key=value"),
 ]
 

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import pytest
 
 from jaxlm.config import load_config
-from jaxlm.models import DecoderLM, param_count
+from jaxlm.models import param_count
 from jaxlm.sharding import activate, batch_sharding, logical_rules, make_mesh
+from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import lr_schedule, make_optimizer
 from jaxlm.train.state import create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_train_step
@@ -25,16 +26,15 @@ def test_preset_train_step_lowers_on_8_devices(path):
     assert lo <= param_count(cfg.model) <= hi
     mesh = make_mesh(cfg)
     rules = logical_rules(cfg.mesh)
-    model, tx = DecoderLM(cfg.model), make_optimizer(cfg.train)
-    state, shardings = create_train_state(model, tx, mesh, rules, cfg.data.seq_len, 0,
-                                          abstract=True)
+    task, tx = CausalLM(cfg.model), make_optimizer(cfg.train)
+    state, shardings = create_train_state(task, tx, mesh, rules, 0, abstract=True)
     assert is_abstract(state)
     bs = batch_sharding(mesh, rules)
     shape = (cfg.train.global_batch, cfg.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "weights" else jnp.int32,
                                      sharding=bs)
              for k in ("inputs", "targets", "segment_ids", "positions", "weights")}
-    step = jit_train_step(make_train_step(cfg, model, tx, lr_schedule(cfg.train)), shardings, bs,
+    step = jit_train_step(make_train_step(task, tx, lr_schedule(cfg.train)), shardings, bs,
                           mesh, rules)
     with activate(mesh, rules):
         lowered = step.jitted.lower(state, batch)

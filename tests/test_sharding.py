@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from jaxlm.config import load_config
-from jaxlm.models import DecoderLM
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
+from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import lr_schedule, make_optimizer
 from jaxlm.train.state import create_train_state
 from jaxlm.train.step import jit_train_step, make_train_step
@@ -37,12 +37,12 @@ def train3(mesh_shape, family="gpt2", accum=1, batch_size=BATCH):
     ])
     mesh = make_mesh(cfg, jax.devices()[: d * f * t])
     rules = logical_rules(cfg.mesh)
-    model, tx = DecoderLM(cfg.model), make_optimizer(cfg.train)
-    state, shardings = create_train_state(model, tx, mesh, rules, SEQ, seed=0)
+    task, tx = CausalLM(cfg.model), make_optimizer(cfg.train)
+    state, shardings = create_train_state(task, tx, mesh, rules, seed=0)
     init = jax.device_get(state.params)
     bs = batch_sharding(mesh, rules)
-    step = jit_train_step(make_train_step(cfg, model, tx, lr_schedule(cfg.train)), shardings, bs,
-                          mesh, rules)
+    step = jit_train_step(make_train_step(task, tx, lr_schedule(cfg.train), accum), shardings,
+                          bs, mesh, rules)
     losses = []
     for b in batches(3):
         state, m = step(state, jax.device_put(b, bs))

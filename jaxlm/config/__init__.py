@@ -1,5 +1,6 @@
 """Typed configuration: the schema (``schema.py``) and how a config is built (``load.py``)."""
 
+from jaxlm.config.finetune import FinetuneConfig, LabeledDataConfig
 from jaxlm.config.load import (
     ConfigError,
     apply_overrides,
@@ -28,6 +29,8 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DistributedConfig",
+    "FinetuneConfig",
+    "LabeledDataConfig",
     "LoggingConfig",
     "MeshConfig",
     "ModelConfig",

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from jaxlm.config.finetune import FinetuneConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False)
@@ -21,10 +23,30 @@ class _Section(BaseModel):
 # ----------------------------------------------------------------------------------- model
 
 
-class ModelConfig(_Section):
-    """The transformer. ``family`` picks the defaults; any of them can be overridden."""
+# What each family means, as feature flags the layers read (the family string is tested
+# nowhere else). Any flag can be overridden; ``None`` in a config means "the family's".
+FAMILY_FEATURES: dict[str, dict[str, Any]] = {
+    # GPT-2: learned positions, pre-LN LayerNorm, tanh-GELU MLP, biases, tied head.
+    "gpt2": {"norm": "layernorm", "norm_position": "pre", "mlp": "gelu_tanh", "bias": True,
+             "causal": True, "positions": "learned", "tie_embeddings": True,
+             "type_vocab_size": 0, "embed_norm": False, "norm_eps": 1e-5},
+    # Llama: RoPE, pre-LN RMSNorm, SwiGLU, no biases, untied head.
+    "llama": {"norm": "rmsnorm", "norm_position": "pre", "mlp": "swiglu", "bias": False,
+              "causal": True, "positions": "rope", "tie_embeddings": False,
+              "type_vocab_size": 0, "embed_norm": False, "norm_eps": 1e-5},
+    # BERT: bidirectional, learned positions + token types, embedding LayerNorm, post-LN
+    # blocks, exact (erf) GELU, biases; the masked-LM decoder is tied to the embeddings.
+    "bert": {"norm": "layernorm", "norm_position": "post", "mlp": "gelu", "bias": True,
+             "causal": False, "positions": "learned", "tie_embeddings": True,
+             "type_vocab_size": 2, "embed_norm": True, "norm_eps": 1e-12},
+}
 
-    family: Literal["gpt2", "llama"] = "gpt2"
+
+class ModelConfig(_Section):
+    """The transformer. ``family`` picks the feature flags below; any of them can be
+    overridden (``None`` = the family's value, resolved once here)."""
+
+    family: Literal["gpt2", "llama", "bert"] = "gpt2"
     vocab_size: int = Field(4096, gt=0)
     d_model: int = Field(192, gt=0)
     n_layers: int = Field(4, gt=0)
@@ -34,10 +56,24 @@ class ModelConfig(_Section):
     )
     d_ff: int | None = Field(None, gt=0, description="MLP width; None = family default")
     max_seq_len: int = Field(128, gt=0)
+    # Feature flags (None = the family's, see FAMILY_FEATURES).
     positions: Literal["learned", "rope", "sinusoidal"] | None = None
     tie_embeddings: bool | None = None
+    norm: Literal["layernorm", "rmsnorm"] | None = None
+    norm_position: Literal["pre", "post"] | None = Field(
+        None, description="pre: x + f(norm(x)), then a final norm; post: norm(x + f(x))"
+    )
+    mlp: Literal["gelu_tanh", "gelu", "swiglu"] | None = Field(
+        None, description="gelu_tanh (GPT-2), gelu = exact erf GELU (BERT), swiglu (Llama)"
+    )
+    bias: bool | None = Field(None, description="biases in attention and MLP projections")
+    causal: bool | None = Field(None, description="causal (decoder) or bidirectional (encoder)")
+    type_vocab_size: int | None = Field(
+        None, ge=0, description="token-type (segment A/B) embeddings; 0 = none"
+    )
+    embed_norm: bool | None = Field(None, description="a norm right after the embeddings")
+    norm_eps: float | None = Field(None, gt=0.0)
     rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention: Literal["xla", "dot_product", "cudnn"] = Field(
         "xla",
@@ -55,21 +91,25 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _resolve_family_defaults(self) -> ModelConfig:
-        llama = self.family == "llama"
+        for key, value in FAMILY_FEATURES[self.family].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.positions is None:
-            self.positions = "rope" if llama else "learned"
-        if self.tie_embeddings is None:
-            self.tie_embeddings = not llama
         if self.d_ff is None:
-            # Llama: SwiGLU width 8/3·d rounded up to a multiple of 64; GPT-2/BERT: 4·d.
-            self.d_ff = -(-(8 * self.d_model // 3) // 64) * 64 if llama else 4 * self.d_model
+            # SwiGLU: width 8/3·d rounded up to a multiple of 64; GELU MLPs: 4·d.
+            swiglu = self.mlp == "swiglu"
+            self.d_ff = -(-(8 * self.d_model // 3) // 64) * 64 if swiglu else 4 * self.d_model
         return self
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def is_encoder(self) -> bool:
+        """Bidirectional attention: trained with masked-LM, not next-token prediction."""
+        return not self.causal
 
 
 # ------------------------------------------------------------------------------------ data
@@ -324,6 +364,7 @@ class Config(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -336,6 +377,14 @@ class Config(_Section):
             )
         if m.positions == "rope" and m.head_dim % 2:
             raise ValueError(f"rope needs an even head dim; d_model/n_heads={m.head_dim}")
+        mode = self.data.mode
+        if mode == "mlm" and m.causal:
+            raise ValueError(f"data.mode=mlm needs an encoder (model.family=bert), but "
+                             f"model.family={m.family} is causal; use data.mode=pack or pad")
+        if mode != "mlm" and not m.causal:
+            raise ValueError(f"data.mode={mode} trains next-token prediction, which needs a "
+                             f"causal model; model.family={m.family} is an encoder: use "
+                             "data.mode=mlm")
         if self.data.seq_len > m.max_seq_len:
             raise ValueError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}"

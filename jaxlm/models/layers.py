@@ -105,10 +105,10 @@ def dense(
 
 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
-    """LayerNorm (GPT-2) or RMSNorm (Llama), computed in f32. Module names contain 'norm'
-    so the optimizer's weight-decay mask can find them."""
+    """``cfg.norm``: LayerNorm (GPT-2, BERT) or RMSNorm (Llama), computed in f32. Module
+    names contain 'norm' so the optimizer's weight-decay mask can find them."""
     scale = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
-    if cfg.family == "llama":
+    if cfg.norm == "rmsnorm":
         return nn.RMSNorm(
             epsilon=cfg.norm_eps,
             scale_init=scale,
@@ -128,23 +128,23 @@ def norm(cfg: ModelConfig, name: str) -> nn.Module:
 
 
 class Mlp(nn.Module):
-    """GPT-2: Dense → GELU → Dense (with biases). Llama: SwiGLU, down(silu(gate) * up)."""
+    """``cfg.mlp``: Dense → GELU → Dense (``gelu_tanh``: GPT-2; ``gelu``, exact erf: BERT), or
+    SwiGLU, down(silu(gate) * up) (Llama). Biases where ``cfg.bias``."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # x: (B, L, D)
-        cfg, dt, kw = self.cfg, jnp.dtype(self.cfg.dtype), dtypes(self.cfg)
-        if cfg.family == "llama":
+        cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+        kw = {**dtypes(cfg), "use_bias": cfg.bias}
+        if cfg.mlp == "swiglu":
             gate = dense(cfg.d_ff, ("embed", "mlp"), name="gate", **kw)(x)  # (B, L, F)
             up = dense(cfg.d_ff, ("embed", "mlp"), name="up", **kw)(x)  # (B, L, F)
             h = (nn.silu(gate) * up).astype(dt)
         else:
-            h = dense(cfg.d_ff, ("embed", "mlp"), use_bias=True, name="fc", **kw)(x)
-            h = nn.gelu(h, approximate=True).astype(dt)  # (B, L, F)
-        return dense(
-            cfg.d_model, ("mlp", "embed"), use_bias=cfg.family != "llama", name="proj", **kw
-        )(h)  # (B, L, D)
+            h = dense(cfg.d_ff, ("embed", "mlp"), name="fc", **kw)(x)  # (B, L, F)
+            h = nn.gelu(h, approximate=cfg.mlp == "gelu_tanh").astype(dt)
+        return dense(cfg.d_model, ("mlp", "embed"), name="proj", **kw)(h)  # (B, L, D)
 
 
 def sinusoidal(positions: jax.Array, dim: int, max_timescale: float = 10000.0) -> jax.Array:

@@ -8,7 +8,6 @@ arrays; only process 0 prints and writes metrics.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from jaxlm.distributed import start as start_process
 from jaxlm.errors import TrainingError
 from jaxlm.generate import sample
 from jaxlm.metrics import MetricsWriter, progress_postfix
-from jaxlm.models import DecoderLM, param_count
+from jaxlm.models import param_count
 from jaxlm.models.layers import resolve_dtype
 from jaxlm.preemption import PreemptionWatcher
 from jaxlm.profiling import (
@@ -38,6 +37,7 @@ from jaxlm.profiling import (
     throughput,
 )
 from jaxlm.sharding import Rules, activate, batch_sharding, logical_rules, make_mesh
+from jaxlm.tasks import Task, add_sums, pretraining_task
 from jaxlm.train.optim import lr_schedule, make_optimizer
 from jaxlm.train.state import TrainState, create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
@@ -50,7 +50,7 @@ class Run:
     cfg: Config
     mesh: Mesh
     rules: Rules
-    model: DecoderLM
+    task: Task
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     state: TrainState
@@ -80,25 +80,26 @@ def setup(cfg: Config, init: bool = True) -> Run:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     check_vocab(tokenizer, cfg.model.vocab_size)
     rules = logical_rules(cfg.mesh)
-    model = DecoderLM(cfg.model)
+    task = pretraining_task(cfg)  # next-token (decoders) or masked-LM (encoders)
     tx, schedule = make_optimizer(cfg.train), lr_schedule(cfg.train)
-    state, shardings = create_train_state(model, tx, mesh, rules, cfg.data.seq_len,
-                                          cfg.train.seed, abstract=not init)
+    state, shardings = create_train_state(task, tx, mesh, rules, cfg.train.seed,
+                                          abstract=not init)
     bs = batch_sharding(mesh, rules)
-    step_fn = make_train_step(cfg, model, tx, schedule)
+    step_fn = make_train_step(task, tx, schedule, cfg.train.grad_accum)
     train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
-    eval_step = make_eval_step(model, shardings, bs, mesh, rules)
-    return Run(cfg, mesh, rules, model, tx, schedule, state, shardings, bs, train_step, eval_step,
+    eval_step = make_eval_step(task, shardings, bs, mesh, rules)
+    return Run(cfg, mesh, rules, task, tx, schedule, state, shardings, bs, train_step, eval_step,
                tokenizer)
 
 
 def evaluate(run: Run) -> dict[str, float] | None:
-    """Loss, perplexity and accuracy over the first ``train.eval_batches`` held-out batches."""
+    """The task's held-out metrics (loss, perplexity, accuracy) over the first
+    ``train.eval_batches`` batches."""
     if run.cfg.data.eval is None:
         return None
     pipe = build_pipeline(run.cfg.data, "eval", run.local_batch, jax.process_index(),
                           jax.process_count(), repeat=False)
-    totals = {"nll": 0.0, "weight": 0.0, "correct": 0.0}
+    totals = None
     try:
         # Every process runs exactly eval_batches steps (the collectives must line up); one
         # whose finite stream ends first feeds all-padding batches, which weigh nothing.
@@ -106,22 +107,19 @@ def evaluate(run: Run) -> dict[str, float] | None:
             local = next(pipe, None)
             if local is None:
                 local = pipe.padding_batch()
-            sums = run.eval_step(run.state.params, to_global(local, run.batch_sharding))
-            for k in totals:
-                totals[k] += float(sums[k])
+            totals = add_sums(totals, run.eval_step(run.state.params,
+                                                    to_global(local, run.batch_sharding)))
     finally:
         pipe.close()
-    if totals["weight"] == 0:
+    if totals is None or totals["weight"] == 0:
         return None
-    loss = totals["nll"] / totals["weight"]
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "accuracy": totals["correct"] / totals["weight"], "tokens": totals["weight"]}
+    return run.task.eval_metrics(totals)
 
 
 def generate_sample(run: Run, prompt: str, n_tokens: int) -> str:
     ids = special_ids(run.tokenizer)
     prompt_ids = ([ids.eos] if ids.eos is not None else []) + run.tokenizer.encode(prompt).ids
-    new = sample(run.model, run.state.params, prompt_ids, n_tokens, seed=run.cfg.train.seed,
+    new = sample(run.task.model, run.state.params, prompt_ids, n_tokens, seed=run.cfg.train.seed,
                  eos_id=ids.eos)
     return prompt + run.tokenizer.decode(new)
 
@@ -150,8 +148,7 @@ def train(cfg: Config) -> dict[str, Any]:
     ckpt = Checkpointer(cfg, run.tokenizer, log=lambda msg: _log(run, msg))
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
-        run.state, _ = create_train_state(run.model, run.tx, run.mesh, run.rules,
-                                          cfg.data.seq_len, t.seed)
+        run.state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, t.seed)
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
                            jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
     peak_flops = peak_flops_per_device(cfg.logging.peak_tflops)  # measured once on CPU
@@ -169,6 +166,7 @@ def train(cfg: Config) -> dict[str, Any]:
                           jax.process_count())
     ckpt.load_data_state(pipe, data_state)
     preemption = PreemptionWatcher()  # SIGTERM: save after this step and exit
+    samples = t.sample_tokens > 0 and cfg.model.causal  # an encoder does not generate text
     start = int(run.state.step)
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (run.primary and cfg.logging.progress))
@@ -219,7 +217,7 @@ def train(cfg: Config) -> dict[str, Any]:
                     writer.scalars(done, ev, prefix="eval/")
                     _log(run, f"step {done}: eval loss {ev['loss']:.4f}, "
                               f"perplexity {ev['perplexity']:.2f}")
-                if t.sample_tokens and cfg.logging.eval_samples:  # all processes run it
+                if samples and cfg.logging.eval_samples:  # all processes run it
                     writer.text(done, "samples", generate_sample(run, t.sample_prompt,
                                                                  t.sample_tokens))
                 window_start, window_steps = time.perf_counter(), 0
@@ -244,7 +242,7 @@ def train(cfg: Config) -> dict[str, Any]:
         writer.scalars(t.steps, ev, prefix="eval/")
         result.update(eval_loss=ev["loss"], perplexity=ev["perplexity"])
         _log(run, f"held-out loss {ev['loss']:.4f}, perplexity {ev['perplexity']:.2f}")
-    if t.sample_tokens:  # every process runs the (sharded) forward; process 0 logs
+    if samples:  # every process runs the (sharded) forward; process 0 logs
         text = generate_sample(run, t.sample_prompt, t.sample_tokens)
         writer.text(t.steps, "samples", text)
         result["sample"] = text

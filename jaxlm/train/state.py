@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxlm.sharding import Rules, activate, logical_to_sharding, replicated
+from jaxlm.tasks import Task
 
 
 @flax.struct.dataclass
@@ -28,17 +29,17 @@ class TrainState:
     rng: jax.Array  # (2,) uint32 raw PRNG key, split every step (dropout)
 
 
-def init_params(model: nn.Module, rng: jax.Array, seq_len: int) -> Any:
-    """The model's boxed (logically partitioned) parameters."""
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    return model.init(rng, tokens)["params"]
+def param_shardings(task: Task, mesh: Mesh, rules: Rules) -> Any:
+    """A params-shaped tree of NamedShardings, from the logical axis names (no allocation)."""
+    boxed = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    return logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
 
 
 def state_shardings(
-    model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules, seq_len: int
+    task: Task, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules
 ) -> TrainState:
     """A TrainState-shaped tree of NamedShardings (nothing is allocated)."""
-    boxed = jax.eval_shape(lambda r: init_params(model, r, seq_len), jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(task.init, jax.random.PRNGKey(0))
     param_shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed))
     rep = replicated(mesh)
@@ -48,10 +49,10 @@ def state_shardings(
     return TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
 
 
-def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> Any:
+def _init_fn(task: Task, tx: optax.GradientTransformation) -> Any:
     def init(rng: jax.Array) -> TrainState:
         init_rng, rng = jax.random.split(rng)
-        params = nn.unbox(init_params(model, init_rng, seq_len))
+        params = nn.unbox(task.init(init_rng))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), rng=rng)
 
@@ -59,16 +60,16 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules,
-    seq_len: int, seed: int, abstract: bool = False,
+    task: Task, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules,
+    seed: int, abstract: bool = False,
 ) -> tuple[TrainState, TrainState]:
     """Initialise the sharded train state; returns ``(state, shardings)``.
 
     With ``abstract=True`` nothing is computed or allocated: the state's leaves are
     ``ShapeDtypeStruct``s, the target for restoring a checkpoint (see :func:`is_abstract`).
     """
-    shardings = state_shardings(model, tx, mesh, rules, seq_len)
-    init = _init_fn(model, tx, seq_len)
+    shardings = state_shardings(task, tx, mesh, rules)
+    init = _init_fn(task, tx)
     rng = jax.random.PRNGKey(seed)
     if abstract:
         return jax.eval_shape(init, rng), shardings

@@ -1,0 +1,106 @@
+"""The ``finetune`` section of the config schema: a backbone, a fresh head, labeled data.
+
+Used by ``jaxlm finetune`` (:mod:`jaxlm.finetune`); pretraining ignores it. The mesh,
+checkpoint (``async_save``, ``resume``), logging and distributed sections apply as in
+pretraining; the model architecture and tokenizer come from the backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabeledDataConfig(_Section):
+    """Labeled examples, read with `datasets`.
+
+    ``path``: ``demo`` (the embedded fortunes task), a local directory holding ``train.*``,
+    ``validation.*`` (or ``valid``/``dev``) and ``test.*`` files, a local csv/jsonl/parquet
+    file or glob (the train split), or a Hugging Face hub dataset name (with ``name``).
+    ``validation`` / ``test``: a local file, or a hub split name; unset = found by name, and a
+    validation split that does not exist is carved from train (``validation_fraction``,
+    seeded by ``finetune.seed``).
+    """
+
+    path: str = Field("demo", description="demo | local dir/file/glob | hub dataset name")
+    name: str | None = Field(None, description="hub dataset config name")
+    train: str = Field("train", description="hub split name of the training data")
+    validation: str | None = Field(None, description="local file or hub split; None = find")
+    test: str | None = Field(None, description="local file or hub split; None = find")
+    format: Literal["auto", "json", "csv", "parquet"] = "auto"
+    text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="second text (pairs), optional")
+    label_column: str = "label"
+    label_separator: str | None = Field(
+        None, description="multi_label: labels given as one string split on this separator"
+    )
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+
+class FinetuneConfig(_Section):
+    """A fine-tuning run: where the backbone comes from, the head, the data, the schedule."""
+
+    backbone: str = Field(
+        "runs/default",
+        description="a pretraining run dir, a checkpoint step dir, a `jaxlm export` dir, or "
+        "'none' (random init of the config's model.*)",
+    )
+    from_scratch: bool = Field(
+        False, description="take the backbone's architecture and tokenizer, not its weights"
+    )
+    run_dir: str = "runs/finetune"
+    problem: Literal["single_label", "multi_label", "regression", "token"] = "single_label"
+    data: LabeledDataConfig = Field(default_factory=LabeledDataConfig)
+    num_labels: int | None = Field(None, gt=0, description="None = from the data")
+    pooling: Literal["cls", "mean", "last"] | None = Field(
+        None, description="None = cls for encoders, last (non-padding) token for decoders"
+    )
+    pooler: bool = Field(False, description="BERT-style dense + tanh over the pooled token")
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    max_length: int | None = Field(None, gt=2, description="tokens per text; None = model's")
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(32, gt=0, description="examples per step, all devices")
+    lr: float = Field(5e-4, gt=0.0, description="peak learning rate of the backbone")
+    head_lr: float | None = Field(None, gt=0.0, description="of the head; None = lr")
+    layer_decay: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="layer-wise lr decay: layer i of N gets lr * decay^(N - i), embeddings "
+        "decay^(N+1); 1 = off",
+    )
+    freeze_backbone: bool = Field(False, description="train the head only")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    clip_norm: float | None = Field(1.0, gt=0.0)
+    eval_metric: Literal["accuracy", "macro_f1", "loss", "mae"] | None = Field(
+        None, description="chooses the best checkpoint (loss, mae: lower is better); None = "
+        "macro_f1, or mae for regression"
+    )
+    early_stopping: int | None = Field(
+        None, gt=0, description="stop after this many epochs without a better eval_metric"
+    )
+    checkpoint_every: int = Field(
+        50, gt=0, description="also save every N steps within an epoch (resume after a kill)"
+    )
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        regression = self.problem == "regression"
+        if self.eval_metric is None:
+            self.eval_metric = "mae" if regression else "macro_f1"
+        if regression and self.eval_metric not in ("loss", "mae"):
+            raise ValueError(f"finetune.eval_metric={self.eval_metric} does not apply to "
+                             "regression; use mae or loss")
+        if not regression and self.eval_metric == "mae":
+            raise ValueError(f"finetune.eval_metric=mae applies to regression only, not "
+                             f"finetune.problem={self.problem}; use accuracy, macro_f1 or loss")
+        if self.from_scratch and self.backbone == "none":
+            raise ValueError("finetune.from_scratch=true takes the architecture from "
+                             "finetune.backbone, which is 'none'")
+        return self

@@ -1,0 +1,21 @@
+"""Objectives, one module each: what is trained, its loss sums and its metrics.
+
+``causal_lm`` (next-token, decoders), ``masked_lm`` (encoders), ``classification``
+(fine-tuning heads: single-/multi-label, regression, token). The train and eval steps in
+:mod:`jaxlm.train.step` take any :class:`~jaxlm.tasks.base.Task`.
+"""
+
+from jaxlm.config import Config
+from jaxlm.tasks.base import Task, add_sums
+from jaxlm.tasks.causal_lm import CausalLM
+from jaxlm.tasks.classification import Classification
+from jaxlm.tasks.masked_lm import MaskedLM
+
+__all__ = ["CausalLM", "Classification", "MaskedLM", "Task", "add_sums", "pretraining_task"]
+
+
+def pretraining_task(cfg: Config) -> Task:
+    """The pretraining objective a config asks for: masked LM for ``data.mode=mlm`` (an
+    encoder, checked by the config), next-token prediction otherwise."""
+    cls = MaskedLM if cfg.data.mode == "mlm" else CausalLM
+    return cls(cfg.model, z_loss=cfg.train.z_loss)
