@@ -24,6 +24,7 @@ handling is in :mod:`jaxlm.preemption`; parameters-only export in :mod:`jaxlm.ex
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -48,6 +49,17 @@ from jaxlm.config import CheckpointConfig, Config
 from jaxlm.errors import TrainingError
 
 ITEMS = ("state", "data", "config", "tokenizer")
+
+
+class _QuietReadOnly(logging.Filter):
+    """Orbax warns whenever a manager is opened read-only, which jaxlm does on purpose to
+    read checkpoints it must not change (export, fine-tuning backbones, predict)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Given directory is read only" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
 TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a step not yet committed
 
 
@@ -71,10 +83,11 @@ def open_manager(directory: Path, ccfg: CheckpointConfig | None = None,
         keep: list[Any] = [policies.LatestN(ccfg.keep)]
         if ccfg.keep_period:
             keep.append(policies.EveryNSteps(ccfg.keep_period))
-        if best is not None:
+        if best is not None:  # ties go to the earliest step, as the training loop counts them
             metric, higher = best
-            keep.append(policies.BestN(get_metric_fn=lambda m: m[metric], reverse=not higher,
-                                       n=1, keep_checkpoints_without_metrics=False))
+            keep.append(policies.BestN(
+                get_metric_fn=lambda m: (m[metric], -m["step"] if higher else m["step"]),
+                reverse=not higher, n=1, keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep),
             enable_async_checkpointing=ccfg.async_save, cleanup_tmp_directories=True)
@@ -287,7 +300,8 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict[str, Any], *,
              wait: bool = False, metrics: dict[str, float] | None = None) -> bool:
         """Save everything after ``step``; ``wait`` blocks until it is final on disk.
-        ``metrics`` rank the checkpoint when the manager keeps the best one.
+        ``metrics`` rank the checkpoint when the manager keeps the best one (the step is
+        added to break ties).
 
         Returns False if this step was already saved. A failure to write (full disk, no
         permission) raises :class:`TrainingError`; complete checkpoints are left as they are.
@@ -303,7 +317,8 @@ class Checkpointer:
             config=ocp.args.JsonSave(self.cfg.to_dict()),
             tokenizer=ocp.args.JsonSave(self.tokenizer_ref))
         try:
-            self.manager.save(step, args=args, metrics=metrics, force=True)
+            self.manager.save(step, args=args, force=True,
+                              metrics=None if metrics is None else {**metrics, "step": step})
         except Exception as e:  # noqa: BLE001 - reported as one clear TrainingError
             raise self._failed(step, e) from e
         self._in_flight = step

@@ -1,6 +1,9 @@
 """The ``jaxlm`` command line.
 
     jaxlm train [CONFIG.yaml] [section.key=value ...]   pretrain (defaults: embedded corpus)
+    jaxlm finetune [CONFIG.yaml] [key=value ...]        a backbone + fresh head on labeled data
+    jaxlm predict RUN_DIR "text" ... [--file F] [--jsonl]   label texts with a fine-tuned run
+    jaxlm evaluate RUN_DIR --data FILE                  metrics of a fine-tuned run on a file
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
     jaxlm tensorboard RUN_DIR [--port P] [--host 127.0.0.1]   view a run's metrics and traces
     jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N]   params only, for fine-tuning/inference
@@ -15,6 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 
@@ -26,19 +30,55 @@ def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> Any:
     from jaxlm.config import load_config
 
     path, overrides = args.config, list(args.overrides)
     if path is not None and "=" in path:  # `jaxlm train train.steps=10`: no file given
         path, overrides = None, [path, *overrides]
-    cfg = load_config(path, overrides)
+    return load_config(path, overrides)
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from jaxlm.train.loop import train
 
     result = train(cfg)
     if args.json:
         print(json.dumps(result))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from jaxlm.finetune.loop import finetune
+
+    result = finetune(cfg)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from jaxlm.finetune.predict import Predictor, read_texts
+
+    texts = read_texts(args.texts, args.file)
+    predictor = Predictor.load(args.run_dir, step=args.step)
+    rows = predictor.predict(texts, batch_size=args.batch_size)
+    for text, row in zip(texts, rows, strict=True):
+        if args.jsonl:
+            print(json.dumps({"text": text, **row}), flush=True)
+        else:
+            print(predictor.format_row(text, row), flush=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from jaxlm.finetune.predict import Predictor
+
+    predictor = Predictor.load(args.run_dir, step=args.step)
+    metrics, report = predictor.evaluate_file(args.data, batch_size=args.batch_size)
+    print(json.dumps(metrics) if args.json else report)
     return 0
 
 
@@ -73,6 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200")
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     t.set_defaults(func=cmd_train)
+
+    ft = sub.add_parser("finetune", help="fine-tune a backbone with a fresh task head")
+    ft.add_argument("config", nargs="?", help="YAML config (see configs/finetune/)")
+    ft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.epochs=5")
+    ft.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    ft.set_defaults(func=cmd_finetune)
+
+    for name, helptext in (("predict", "label texts with a fine-tuned run"),
+                           ("evaluate", "metrics of a fine-tuned run on a labeled file")):
+        pr = sub.add_parser(name, help=helptext)
+        pr.add_argument("run_dir", help="a `jaxlm finetune` run directory")
+        if name == "predict":
+            pr.add_argument("texts", nargs="*", help="texts to label (none: --file or stdin)")
+            pr.add_argument("--file", help="a text file, one text per line ('-' = stdin)")
+            pr.add_argument("--jsonl", action="store_true",
+                            help="one JSON object per text: label, probability, all scores")
+        else:
+            pr.add_argument("--data", required=True,
+                            help="labeled csv/jsonl/parquet with the run's text and label columns")
+            pr.add_argument("--json", action="store_true", help="print the metrics as JSON")
+        pr.add_argument("--step", type=int, default=None,
+                        help="checkpoint step (default: the best one)")
+        pr.add_argument("--batch-size", type=int, default=64)
+        pr.set_defaults(func=cmd_predict if name == "predict" else cmd_evaluate)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)

@@ -60,8 +60,34 @@ def _section_at(loc: tuple) -> type[BaseModel] | None:
     return cls
 
 
+def _is_text_field(parts: list[str]) -> bool:
+    """Whether the dotted key names a plain string setting (e.g. ``train.sample_prompt``),
+    whose value is taken as written rather than parsed as YAML (``ROMEO:``, ``,``)."""
+    section = _section_at(tuple(p for p in parts[:-1] if not p.isdigit()))
+    field = section.model_fields.get(parts[-1]) if section is not None else None
+    if field is None:
+        return False
+    kinds = set(getattr(field.annotation, "__args__", (field.annotation,)))
+    return str in kinds and not kinds & {int, float, bool} and not any(
+        getattr(k, "__origin__", None) in (list, dict) for k in kinds)
+
+
+def _parse_value(key: str, parts: list[str], value: str) -> Any:
+    if value == "":
+        return None
+    if _is_text_field(parts):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override '{key}={value}': the value is not valid YAML ({problem}); "
+                          "quote it") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    """Apply ``a.b.c=value`` overrides to a nested dict, in place. Values are parsed as YAML
+    (``[10,12]``, ``true``, ``3e-4``), except for plain string settings, taken as written."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -72,7 +98,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for i, p in enumerate(parts):
             default = default.get(p) if isinstance(default, dict) else None
             last = i == len(parts) - 1
-            parsed = yaml.safe_load(value) if value != "" else None
+            parsed = _parse_value(key, parts, value)
             if isinstance(node, list):  # data.train.0.path=...: index into a list of sections
                 if not p.isdigit() or int(p) >= len(node):
                     raise ConfigError(f"override '{key}': '{p}' is not an index below {len(node)}")

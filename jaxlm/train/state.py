@@ -43,8 +43,10 @@ def state_shardings(
     param_shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed))
     rep = replicated(mesh)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 - frozen params' place
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: rep,
+        tx, lambda p, s: p if masked(p) else s, abstract_opt, param_shardings,
+        transform_non_params=lambda _: rep, is_leaf=masked,
     )
     return TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
 

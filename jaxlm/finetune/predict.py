@@ -1,0 +1,190 @@
+"""Using a fine-tuned run: ``jaxlm predict`` (labels and probabilities) and ``jaxlm evaluate``.
+
+:class:`Predictor` rebuilds the run's model from its saved config (backbone architecture,
+tokenizer, head) and labels, loads the best checkpoint's parameters (or ``--step``'s) onto
+a data-parallel mesh of the local devices, and labels texts in padded, length-bucketed
+batches with one jitted forward per bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from jaxlm.checkpoint import abstract_like, open_manager
+from jaxlm.checkpoint_compat import CheckpointError
+from jaxlm.config import from_dict
+from jaxlm.data.pipeline import to_global
+from jaxlm.data.sources import DataError
+from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.errors import UserError
+from jaxlm.export import load_params
+from jaxlm.finetune.batching import batch_length, buckets, eval_plan, make_batch
+from jaxlm.finetune.labeled import Encoded, _local_files, _read_local, encode, encode_texts
+from jaxlm.finetune.run import LABELS_FILE
+from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
+from jaxlm.tasks import Classification, add_sums
+from jaxlm.tasks.classification import format_report
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import state_shardings
+from jaxlm.train.step import make_eval_step, make_predict_step
+
+
+def read_texts(texts: list[str], file: str | None) -> list[str]:
+    """Texts from the command line, else one per line of ``file`` or of stdin."""
+    if texts:
+        return texts
+    if file is None and sys.stdin.isatty():
+        raise UserError("give texts to label, --file FILE (one text per line), or pipe them "
+                        "on stdin")
+    if file is None or file == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise UserError(f"cannot read --file {file}: {e.strerror}") from None
+    out = [ln for ln in lines if ln.strip()]
+    if not out:
+        raise UserError(f"no texts in {file or 'stdin'}")
+    return out
+
+
+def _best_step(run_dir: Path) -> int:
+    """The best checkpoint recorded by the run (the latest when no epoch has ended yet)."""
+    import orbax.checkpoint as ocp
+
+    directory = run_dir / "checkpoints"
+    manager = open_manager(directory) if directory.is_dir() else None
+    steps = manager.all_steps() if manager else []
+    if not steps:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint yet; run `jaxlm finetune` "
+                              "to the end of an epoch first")
+    progress = manager.restore(max(steps), args=ocp.args.Composite(
+        data=ocp.args.JsonRestore())).data["states"][0]
+    manager.close()
+    best = progress.get("best_step")
+    return best if best in steps else max(steps)
+
+
+class Predictor:
+    """A fine-tuned run, loaded for inference (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, cfg: Any, names: list[str], problem: str,
+                 step: int | None) -> None:
+        self.run_dir, self.cfg, self.names, self.problem = run_dir, cfg, names, problem
+        f = cfg.finetune
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        self.task = Classification(cfg.model, len(names), problem, f.pooling, f.pooler,
+                                   f.head_dropout)
+        self.n_dev = jax.device_count()
+        mcfg = cfg.model_copy(update={
+            "mesh": cfg.mesh.model_copy(update={"data": -1, "fsdp": 1, "tensor": 1}),
+            "train": cfg.train.model_copy(update={"global_batch": self.n_dev, "grad_accum": 1}),
+        })
+        self.mesh = make_mesh(mcfg)
+        rules = logical_rules(mcfg.mesh)
+        shardings = state_shardings(self.task, make_optimizer(cfg.train), self.mesh, rules)
+        abstract = jax.eval_shape(lambda r: nn.unbox(self.task.init(r)), jax.random.PRNGKey(0))
+        self.step = step if step is not None else _best_step(run_dir)
+        self.params = load_params(run_dir / "checkpoints", abstract_like(abstract,
+                                                                           shardings.params),
+                                  step=self.step)
+        self.sharding = batch_sharding(self.mesh, rules)
+        self._predict = make_predict_step(self.task, shardings, self.sharding, self.mesh, rules)
+        self._eval = make_eval_step(self.task, shardings, self.sharding, self.mesh, rules)
+        self.sizes = buckets(cfg.data.seq_len)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, step: int | None = None) -> Predictor:
+        """The run in ``run_dir``; one-line errors for anything that is not a fine-tuned run."""
+        path = Path(run_dir)
+        if not path.is_dir():
+            raise UserError(f"run directory {run_dir} does not exist")
+        config_file, labels_file = path / "config.json", path / LABELS_FILE
+        if not labels_file.is_file():
+            if config_file.is_file():
+                raise UserError(f"{run_dir} is a pretraining run: it has no classification "
+                                f"head; fine-tune it first: jaxlm finetune "
+                                f"finetune.backbone={run_dir}")
+            raise UserError(f"{run_dir} is not a `jaxlm finetune` run directory (no "
+                            f"{LABELS_FILE} or config.json)")
+        cfg = from_dict(json.loads(config_file.read_text()))
+        labels = json.loads(labels_file.read_text())
+        return cls(path, cfg, labels["labels"], labels["problem"], step)
+
+    def _batches(self, data: Encoded, batch_size: int) -> Any:
+        size = -(-batch_size // self.n_dev) * self.n_dev  # rows divide over the devices
+        for rows in eval_plan(data.lengths, size):
+            length = batch_length(data, rows, self.sizes)
+            local = make_batch(data, rows, length, self.problem, len(self.names))
+            yield rows, to_global(local, self.sharding)
+
+    def probabilities(self, texts: list[str], pairs: list[str] | None = None,
+                      batch_size: int = 64) -> np.ndarray:
+        """(N, C) class probabilities (multi-label: per class; regression: (N,) values)."""
+        ids, types = encode_texts(self.tokenizer, texts, pairs, self.cfg.data.seq_len)
+        data = Encoded(ids, types, None, texts)
+        out: np.ndarray | None = None
+        for rows, batch in self._batches(data, batch_size):
+            probs = np.asarray(jax.device_get(self._predict(self.params, batch)))
+            if out is None:
+                out = np.zeros((len(texts), *probs.shape[1:]), probs.dtype)
+            keep = rows >= 0
+            out[rows[keep]] = probs[keep]
+        return out
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """One row per text: the label and its probability, and every class's score."""
+        if self.problem == "token":
+            raise UserError("jaxlm predict labels whole texts; this run is token "
+                            "classification: use `jaxlm evaluate` on a labeled file")
+        probs = self.probabilities(texts, batch_size=batch_size)
+        if self.problem == "regression":
+            return [{"value": float(v)} for v in probs]
+        rows = []
+        for p in probs:
+            scores = {n: round(float(s), 6) for n, s in zip(self.names, p, strict=True)}
+            if self.problem == "multi_label":
+                rows.append({"labels": [n for n, s in scores.items() if s >= 0.5],
+                             "scores": scores})
+            else:
+                i = int(np.argmax(p))
+                rows.append({"label": self.names[i], "probability": float(p[i]),
+                             "scores": scores})
+        return rows
+
+    @staticmethod
+    def format_row(text: str, row: dict[str, Any]) -> str:
+        short = text if len(text) <= 70 else text[:67] + "..."
+        if "value" in row:
+            return f"{row['value']:.4f}\t{short}"
+        if "labels" in row:
+            return f"{','.join(row['labels']) or '-'}\t{short}"
+        return f"{row['label']}\t{row['probability']:.3f}\t{short}"
+
+    def evaluate_file(self, path: str, batch_size: int = 64) -> tuple[dict[str, float], str]:
+        """Metrics (and the per-class report) of this run on a labeled file."""
+        d = self.cfg.finetune.data
+        files = _local_files(path)
+        ds = _read_local(files, "auto")
+        if len(ds) == 0:
+            raise DataError(f"{path} holds no examples")
+        data = encode(ds, "evaluation", path, self.tokenizer, d, self.problem, self.names,
+                      self.cfg.data.seq_len)
+        totals = None
+        for _, batch in self._batches(data, batch_size):
+            totals = add_sums(totals, self._eval(self.params, batch))
+        metrics = self.task.eval_metrics(totals)
+        text = f"{path} (checkpoint step {self.step}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k != "examples")
+        text += f", examples {int(metrics['examples'])}"
+        if "confusion" in totals:
+            text += "\n" + format_report(totals["confusion"], self.names)
+        return metrics, text

@@ -1,0 +1,165 @@
+"""Fine-tuning: the head swap keeps the backbone bitwise, a frozen backbone stays put, a
+separable task is learned, sharded equals single-device, predict agrees with eval."""
+
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from finetunehelpers import finetune_args, last_json, pretrain, synthetic, synthetic_dir
+
+from jaxlm.cli import main
+from jaxlm.config import ModelConfig, load_config
+from jaxlm.export import load_params
+from jaxlm.finetune.backbone import resolve_backbone
+from jaxlm.finetune.batching import train_plan
+from jaxlm.finetune.loop import _initial_state
+from jaxlm.finetune.predict import Predictor
+from jaxlm.finetune.run import setup
+from jaxlm.tasks import CausalLM
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return pretrain(tmp_path_factory.mktemp("pretrain") / "run")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthetic_dir(tmp_path_factory.mktemp("data"))
+
+
+def saved_backbone(run_dir, step=None):
+    """The backbone parameters of a run's checkpoint (latest, or ``step``), on the host."""
+    source = resolve_backbone(load_config(None, [f"finetune.backbone={run_dir}"]))
+    task = CausalLM(ModelConfig(**source.config["model"]))
+    abstract = jax.eval_shape(lambda r: nn.unbox(task.init(r)), jax.random.PRNGKey(0))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract["backbone"])
+    return jax.device_get(load_params(run_dir, target, step=step, subtree="backbone"))
+
+
+def test_head_swap_keeps_every_backbone_parameter_bitwise(backbone, data, tmp_path):
+    cfg = load_config(None, [f"finetune.backbone={backbone}", f"finetune.run_dir={tmp_path}",
+                             f"finetune.data.path={data}", "finetune.max_length=32"])
+    run = setup(cfg)
+    state = _initial_state(run)
+    loaded = jax.device_get(state.params["backbone"])
+    expected = saved_backbone(backbone)
+    assert jax.tree.structure(loaded) == jax.tree.structure(expected)
+    jax.tree.map(np.testing.assert_array_equal, loaded, expected)
+    assert set(state.params) == {"backbone", "head"}
+
+
+def test_frozen_backbone_is_unchanged_and_head_learns(backbone, data, tmp_path, capsys):
+    assert main(finetune_args(tmp_path, backbone, data, "finetune.freeze_backbone=true")) == 0
+    out = capsys.readouterr()
+    assert "loaded  backbone" in out.out + out.err and "initialised head" in out.out + out.err
+    result = last_json(out.out)
+    after = saved_backbone(tmp_path, step=result["best_step"])
+    jax.tree.map(np.testing.assert_array_equal, after, saved_backbone(backbone))
+
+
+def test_separable_task_reaches_99_percent(tmp_path, capsys):
+    data = synthetic_dir(tmp_path / "data", n_train=256, n_eval=64)
+    args = finetune_args(tmp_path, "none", data, "finetune.epochs=6", "finetune.lr=3e-3",
+                         "finetune.batch_size=16",
+                         "model.d_model=64", "model.n_layers=2", "model.n_heads=4",
+                         "finetune.head_dropout=0.0")
+    assert main(args) == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["split"] == "test" and result["accuracy"] >= 0.99, result
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["labels"] == ["apple", "zebra"] and len(report["history"]) == 6
+    assert json.loads((tmp_path / "labels.json").read_text())["labels"] == ["apple", "zebra"]
+    assert (tmp_path / "metrics.jsonl").exists() and any((tmp_path / "tensorboard").iterdir())
+
+
+def losses_on_mesh(backbone, data, tmp_path, mesh):
+    d, f, t = mesh
+    cfg = load_config(None, [f"finetune.backbone={backbone}", f"finetune.run_dir={tmp_path}",
+                             f"finetune.data.path={data}", "finetune.max_length=32",
+                             "finetune.batch_size=8", f"mesh.data={d}", f"mesh.fsdp={f}",
+                             f"mesh.tensor={t}", "model.dtype=float32"])
+    run = setup(cfg, jax.devices()[: d * f * t])
+    state = _initial_state(run)
+    plan = train_plan(run.splits["train"].lengths, 8, 0, 0)
+    losses = []
+    for rows in plan[:4]:
+        state, m = run.train_step(state, run.global_batch(run.splits["train"], rows))
+        losses.append(float(m["loss"]))
+    return losses
+
+
+def test_sharded_finetuning_matches_single_device(backbone, data, tmp_path):
+    single = losses_on_mesh(backbone, data, tmp_path / "a", (1, 1, 1))
+    sharded = losses_on_mesh(backbone, data, tmp_path / "b", (2, 2, 2))
+    np.testing.assert_allclose(sharded, single, rtol=1e-5)
+    assert single[-1] != single[0]
+
+
+def test_predict_probabilities_sum_to_one_and_match_eval(backbone, data, tmp_path, capsys):
+    assert main(finetune_args(tmp_path, backbone, data)) == 0
+    capsys.readouterr()
+    predictor = Predictor.load(tmp_path)
+    rows = [json.loads(line) for line in (data / "validation.jsonl").read_text().splitlines()]
+    probs = predictor.probabilities([r["text"] for r in rows])
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    ids = np.asarray([predictor.names.index(r["label"]) for r in rows])
+    nll = -np.mean(np.log(probs[np.arange(len(rows)), ids]))
+    metrics, report = predictor.evaluate_file(str(data / "validation.jsonl"))
+    assert metrics["loss"] == pytest.approx(nll, rel=1e-4)
+    assert "confusion" in report
+    # the CLI: one line per text, and --jsonl rows that parse
+    assert main(["predict", str(tmp_path), "apple pie", "zebra crossing", "--jsonl"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [row["text"] for row in lines] == ["apple pie", "zebra crossing"]
+    assert all(abs(sum(row["scores"].values()) - 1) < 1e-4 for row in lines)
+    assert main(["evaluate", str(tmp_path), "--data", str(data / "test.jsonl"), "--json"]) == 0
+    assert "macro_f1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("problem,extra", [
+    ("multi_label", ["finetune.data.label_separator=,"]),
+    ("regression", []),
+])
+def test_other_problems_train_from_the_cli(problem, extra, tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    for split, n in (("train", 32), ("validation", 8)):
+        rows = [json.loads(x) for x in synthetic(d / f"{split}.jsonl", n).read_text()
+                .splitlines()]
+        for r in rows:
+            r["label"] = ({"apple": "fruit,food", "zebra": "animal"}[r["label"]]
+                          if problem == "multi_label" else float(r["label"] == "apple"))
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = finetune_args(tmp_path / "run", "none", d, f"finetune.problem={problem}",
+                         "model.d_model=32", "model.n_layers=1", "model.n_heads=2", *extra)
+    assert main(args) == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["split"] == "validation"
+    assert ("mae" if problem == "regression" else "macro_f1") in result
+    assert main(["predict", str(tmp_path / "run"), "apple pie", "--jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ("value" if problem == "regression" else "labels") in row
+
+
+def test_token_classification_trains_from_the_cli(tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    for split, n in (("train", 32), ("validation", 8)):
+        rows = []
+        for i in range(n):
+            words = ["the", "apple" if i % 2 else "zebra", "is", "here"]
+            rows.append({"text": words, "label": ["O", "FRUIT" if i % 2 else "ANIMAL", "O",
+                                                  "O"]})
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = finetune_args(tmp_path / "run", "none", d, "finetune.problem=token",
+                         "model.d_model=32", "model.n_layers=1", "model.n_heads=2")
+    assert main(args) == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["split"] == "validation" and "accuracy" in result
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["labels"] == ["ANIMAL", "FRUIT", "O"] and len(report["confusion"]) == 3
