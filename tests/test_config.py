@@ -19,7 +19,7 @@ def test_presets_load(path):
 
 
 def test_overrides_and_family_defaults():
-    cfg = load_config(CONFIGS[0].parent / "tiny.yaml",
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / "tiny.yaml",
                       ["train.steps=7", "model.n_layers=3", "model.family=llama",
                        "data.train.0.path=/x/*.txt"])
     assert cfg.train.steps == 7 and cfg.model.n_layers == 3
