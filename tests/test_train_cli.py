@@ -77,3 +77,16 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         "jaxlm: error: loss is inf"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_bert_masked_lm_pretraining_loss_falls(tmp_path):
+    """`jaxlm train model.family=bert data.mode=mlm`: the encoder learns the masked-LM task."""
+    proc = jaxlm("train", TINY, "model.family=bert", "data.mode=mlm", "train.steps=30",
+                 "train.log_every=5", "train.eval_batches=2", f"train.run_dir={tmp_path}",
+                 "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["final_loss"] < result["first_loss"] - 1.0
+    assert "sample" not in result  # an encoder does not generate
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/loss" in r for r in rows)
