@@ -64,7 +64,7 @@ def test_frozen_backbone_is_unchanged_and_head_learns(backbone, data, tmp_path, 
 
 def test_separable_task_reaches_99_percent(tmp_path, capsys):
     data = synthetic_dir(tmp_path / "data", n_train=256, n_eval=64)
-    args = finetune_args(tmp_path, "none", data, "finetune.epochs=6", "finetune.lr=3e-3",
+    args = finetune_args(tmp_path, "none", data, "finetune.epochs=6", "finetune.lr=1e-2",
                          "finetune.batch_size=16",
                          "model.d_model=64", "model.n_layers=2", "model.n_heads=4",
                          "finetune.head_dropout=0.0")

@@ -3,9 +3,12 @@
 :func:`load_splits` returns the train / validation / test splits of a
 :class:`~jaxlm.config.LabeledDataConfig` (validation carved from train, seeded, when there is
 none), :func:`label_names` the sorted label vocabulary of the training split (a hub
-``ClassLabel`` keeps its own order), and :func:`encode` turns a split into token ids framed
-as ``[CLS] text [SEP] (text_pair [SEP])`` — ``[CLS]``/``[SEP]`` are the tokenizer's own where
-it has them (BERT), else its end-of-text token — with token types 0/1 and label ids.
+``ClassLabel`` keeps its own order), and :func:`encode` turns a split into token ids and
+label ids. Encoders see ``[CLS] text [SEP] (text_pair [SEP])`` with token types 0/1;
+decoders ``[BOS] text ([SEP] text_pair)`` — no trailing separator, so the last token (what
+``last`` pooling reads) is the text's own, as in pretraining, where an end-of-text token is
+only ever input at the start of a document. ``[CLS]``/``[SEP]`` are the tokenizer's own
+where it has them (BERT), else its end-of-text token.
 
 Every problem with the data is one :class:`~jaxlm.data.sources.DataError` line naming the
 split, the file and the column.
@@ -222,8 +225,9 @@ def _truncate(a: list[int], b: list[int] | None, budget: int) -> tuple[list[int]
 
 
 def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None,
-                 max_length: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``[CLS] a [SEP] (b [SEP])`` ids and token types for each text (and pair)."""
+                 max_length: int, causal: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Framed ids and token types for each text (and pair): ``[CLS] a [SEP] (b [SEP])`` for
+    an encoder, ``[BOS] a ([SEP] b)`` for a causal decoder (see the module docstring)."""
     cls_id, sep_id = frame_ids(tokenizer)
     enc = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     a_ids = [e.ids for e in enc(texts, add_special_tokens=False)]
@@ -231,15 +235,20 @@ def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None,
     ids, types = [], []
     for i, a in enumerate(a_ids):
         b = b_ids[i] if b_ids is not None else None
-        a, bb = _truncate(a, b, max_length - (3 if b is not None else 2))
-        seq = [cls_id, *a, sep_id] + ([*bb, sep_id] if b is not None else [])
+        specials = (1 if b is None else 2) if causal else (2 if b is None else 3)
+        a, bb = _truncate(a, b, max_length - specials)
+        if causal:
+            seq = [cls_id, *a] + ([sep_id, *bb] if b is not None else [])
+        else:
+            seq = [cls_id, *a, sep_id] + ([*bb, sep_id] if b is not None else [])
         ids.append(np.asarray(seq, np.int32))
-        types.append(np.asarray([0] * (len(a) + 2) + [1] * (len(seq) - len(a) - 2), np.int32))
+        first = len(a) + (1 if causal and b is None else 2)
+        types.append(np.asarray([0] * first + [1] * (len(seq) - first), np.int32))
     return ids, types
 
 
 def encode(ds: Any, split: str, origin: str, tokenizer: Any, d: LabeledDataConfig,
-           problem: str, names: list[str], max_length: int,
+           problem: str, names: list[str], max_length: int, causal: bool,
            with_labels: bool = True) -> Encoded:
     """Tokenize a split and map its labels to ids (labels unseen in training are an error)."""
     texts = _column(ds, d.text_column, split, origin, "text_column")
@@ -248,10 +257,10 @@ def encode(ds: Any, split: str, origin: str, tokenizer: Any, d: LabeledDataConfi
     index = {n: i for i, n in enumerate(names)}
     raw = _column(ds, d.label_column, split, origin, "label_column") if with_labels else None
     if problem == "token":
-        return _encode_tokens(texts, raw, tokenizer, index, split, origin, max_length)
+        return _encode_tokens(texts, raw, tokenizer, index, split, origin, max_length, causal)
     texts = ["" if t is None else str(t) for t in texts]
     pairs = ["" if t is None else str(t) for t in pairs] if pairs is not None else None
-    ids, types = encode_texts(tokenizer, texts, pairs, max_length)
+    ids, types = encode_texts(tokenizer, texts, pairs, max_length, causal)
     labels: Any = None
     if raw is not None:
         if problem == "regression":
@@ -279,7 +288,7 @@ def encode(ds: Any, split: str, origin: str, tokenizer: Any, d: LabeledDataConfi
 
 def _encode_tokens(words: list[Any], raw: list[Any] | None, tokenizer: Any,
                    index: dict[str, int], split: str, origin: str,
-                   max_length: int) -> Encoded:
+                   max_length: int, causal: bool) -> Encoded:
     """Token classification: pre-split words, one label per word on its first sub-token."""
     cls_id, sep_id = frame_ids(tokenizer)
     if not all(isinstance(w, (list, tuple)) for w in words):
@@ -288,10 +297,12 @@ def _encode_tokens(words: list[Any], raw: list[Any] | None, tokenizer: Any,
     encs = tokenizer.encode_batch([list(map(str, w)) for w in words], is_pretokenized=True,
                                   add_special_tokens=False)
     ids, types, labels = [], [], []
+    end = [] if causal else [sep_id]
     for r, e in enumerate(encs):
-        body, wids = e.ids[: max_length - 2], e.word_ids[: max_length - 2]
-        ids.append(np.asarray([cls_id, *body, sep_id], np.int32))
-        types.append(np.zeros(len(body) + 2, np.int32))
+        keep = max_length - 1 - len(end)
+        body, wids = e.ids[:keep], e.word_ids[:keep]
+        ids.append(np.asarray([cls_id, *body, *end], np.int32))
+        types.append(np.zeros(len(body) + 1 + len(end), np.int32))
         if raw is None:
             continue
         tags = [str(t) for t in raw[r]]
@@ -306,6 +317,6 @@ def _encode_tokens(words: list[Any], raw: list[Any] | None, tokenizer: Any,
         for w in wids:
             lab.append(index[tags[w]] if w is not None and w != prev else -1)
             prev = w
-        labels.append(np.asarray([*lab, -1], np.int32))
+        labels.append(np.asarray([*lab, *([-1] * len(end))], np.int32))
     return Encoded(ids, types, labels if raw is not None else None,
                    [" ".join(map(str, w)) for w in words])

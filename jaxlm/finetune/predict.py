@@ -129,7 +129,8 @@ class Predictor:
     def probabilities(self, texts: list[str], pairs: list[str] | None = None,
                       batch_size: int = 64) -> np.ndarray:
         """(N, C) class probabilities (multi-label: per class; regression: (N,) values)."""
-        ids, types = encode_texts(self.tokenizer, texts, pairs, self.cfg.data.seq_len)
+        ids, types = encode_texts(self.tokenizer, texts, pairs, self.cfg.data.seq_len,
+                                  self.cfg.model.causal)
         data = Encoded(ids, types, None, texts)
         out: np.ndarray | None = None
         for rows, batch in self._batches(data, batch_size):
@@ -177,7 +178,7 @@ class Predictor:
         if len(ds) == 0:
             raise DataError(f"{path} holds no examples")
         data = encode(ds, "evaluation", path, self.tokenizer, d, self.problem, self.names,
-                      self.cfg.data.seq_len)
+                      self.cfg.data.seq_len, self.cfg.model.causal)
         totals = None
         for _, batch in self._batches(data, batch_size):
             totals = add_sums(totals, self._eval(self.params, batch))

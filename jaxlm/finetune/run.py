@@ -113,7 +113,7 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> FinetuneRun:
         raise DataError(f"the training data ({raw.origin['train']}) has only one label "
                         f"({names[0]!r}); classification needs at least two")
     splits = {name: encode(ds, name, raw.origin[name], tokenizer, f.data, f.problem, names,
-                           max_len)
+                           max_len, model_cfg.causal)
               for name, ds in (("train", raw.train), ("validation", raw.validation),
                                ("test", raw.test)) if ds is not None}
 
