@@ -16,7 +16,9 @@ by a background thread while training goes on.
 
 Restoring goes through an *abstract* target (shapes, dtypes and the shardings of the current
 mesh), so a checkpoint written on one mesh or process count loads onto another. A latest
-checkpoint that cannot be read is reported and moved aside, and the one before it is used.
+checkpoint that cannot be read — or whose bytes no longer match the integrity manifest
+written once it was final (:mod:`jaxlm.checkpoint_integrity`) — is reported and moved aside,
+and the one before it is used.
 Whether a checkpoint fits the run is decided in :mod:`jaxlm.checkpoint_compat`; SIGTERM
 handling is in :mod:`jaxlm.preemption`; parameters-only export in :mod:`jaxlm.export`.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -45,6 +48,7 @@ from jaxlm.checkpoint_compat import (
     mismatches,
     tokenizer_reference,
 )
+from jaxlm.checkpoint_integrity import verify, write_manifest
 from jaxlm.config import CheckpointConfig, Config
 from jaxlm.errors import TrainingError
 
@@ -101,7 +105,7 @@ def item_handlers(state: ocp.CheckpointHandler | None = None) -> dict[str, Any]:
             **{name: ocp.JsonCheckpointHandler() for name in ITEMS[1:]}}
 
 
-STATE_FIELDS = ("step", "params", "opt_state", "rng")
+STATE_FIELDS = ("step", "params", "opt_state", "rng", "health")
 
 
 def state_tree(state: Any) -> dict[str, Any]:
@@ -158,6 +162,7 @@ class Checkpointer:
         self.directory = checkpoint_dir(cfg.train.run_dir)
         self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
         self._in_flight: int | None = None  # step of an async save not yet known to be final
+        self._sealer: threading.Thread | None = None  # writing the last final step's manifest
         unfinished = sorted(p.name for p in self.directory.glob(f"*{TMP_MARK}*"))
         try:
             if jax.process_index() == 0:  # fail now, not at the first save many steps later
@@ -215,6 +220,10 @@ class Checkpointer:
         target = abstract_like(state_tree(state), state_tree(shardings))
         for i, step in enumerate(steps):
             where = manager.directory / str(step)
+            problem = gather_json(verify(where) if jax.process_index() == 0 else None)[0]
+            if problem is not None:  # silently changed bytes: as unreadable as a broken file
+                self._skip(manager, step, steps[i + 1:], own, CheckpointError(problem))
+                continue
             try:
                 meta = manager.restore(step, args=ocp.args.Composite(
                     config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
@@ -310,6 +319,8 @@ class Checkpointer:
             if wait:
                 self.wait()
             return False
+        if self._in_flight is not None:  # (Orbax would wait for it too) final → sealed
+            self.wait()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state_tree(state)),
             data=ocp.args.JsonSave({"process_count": jax.process_count(),
@@ -327,12 +338,24 @@ class Checkpointer:
         return True
 
     def wait(self) -> None:
-        """Block until the save in flight (if any) is final; raise if it failed."""
+        """Block until the save in flight (if any) is final, then seal it (its integrity
+        manifest, hashed in the background); raise if it failed."""
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             raise self._failed(self._in_flight, e) from e
+        if self._in_flight is not None and jax.process_index() == 0:
+            self._join_sealer()
+            step_dir = self.directory / str(self._in_flight)
+            self._sealer = threading.Thread(target=_seal, args=(step_dir,), daemon=True,
+                                            name="jaxlm-ckpt-manifest")
+            self._sealer.start()
         self._in_flight = None
+
+    def _join_sealer(self) -> None:
+        if self._sealer is not None:
+            self._sealer.join()
+            self._sealer = None
 
     def _failed(self, step: int | None, err: Exception) -> TrainingError:
         """The error for a failed save: of the async save in flight if that one never became
@@ -351,16 +374,43 @@ class Checkpointer:
             f"could not write checkpoint step {step} to {self.directory}: {_reason(err)}; "
             f"{kept}; free disk space or fix permissions, then rerun to resume")
 
+    def discard_from(self, first: int) -> list[int]:
+        """Move this run's checkpoints of step >= ``first`` to ``checkpoints_diverged/`` (a
+        diverged run must not resume from them); returns their steps."""
+        steps = sorted(s for s in self.manager.all_steps() if s >= first)
+        if steps and jax.process_index() == 0:
+            aside = self.directory.parent / "checkpoints_diverged"
+            aside.mkdir(parents=True, exist_ok=True)
+            for s in steps:
+                (self.directory / str(s)).rename(aside / f"{s}-{time.time():.0f}")
+        _sync("jaxlm_ckpt_discard")
+        self.manager.reload()
+        return steps
+
+    def latest(self) -> int | None:
+        """The newest complete checkpoint of this run (saves in flight not counted)."""
+        steps = [s for s in self.manager.all_steps() if s != self._in_flight]
+        return max(steps, default=None)
+
     def describe(self, step: int) -> str:
         return (f"saved {self.directory / str(step)}: train state (step {step}, params, "
                 "optimizer state, RNG), data-pipeline state, config and tokenizer reference")
 
     def close(self) -> None:
-        """Wait for a save in flight, then release Orbax's threads."""
+        """Wait for a save in flight and its manifest, then release Orbax's threads."""
         try:
             self.wait()
         finally:
+            self._join_sealer()
             self.manager.close()
+
+
+def _seal(step_dir: Path) -> None:
+    """Write a committed step's manifest; a step deleted meanwhile (keep policy) is skipped."""
+    try:
+        write_manifest(step_dir)
+    except FileNotFoundError:
+        pass
 
 
 def _sync(name: str) -> None:

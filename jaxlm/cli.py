@@ -93,7 +93,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from jaxlm.export import export
 
-    path = export(args.run_dir, args.out, dtype=args.dtype, step=args.step)
+    path = export(args.run_dir, args.out, dtype=args.dtype, step=args.step,
+                  overwrite=args.overwrite)
     print(f"wrote {path} ({args.dtype}) and {path.parent / 'config.json'}")
     return 0
 
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("out", help="output directory (model.safetensors, config.json)")
     ex.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace the contents of a non-empty output directory")
     ex.set_defaults(func=cmd_export)
 
     tb = sub.add_parser("tensorboard", help="start TensorBoard on a run directory (or a parent)")

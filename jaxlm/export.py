@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from jaxlm.checkpoint import item_handlers
 from jaxlm.checkpoint_compat import CheckpointError, describe_mismatch, locate, mismatches
+from jaxlm.checkpoint_integrity import verify
 
 WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "bfloat16")
@@ -50,7 +51,11 @@ def _latest(directory: Path, step: int | None) -> tuple[ocp.CheckpointManager, i
 def _restore_params(manager: ocp.CheckpointManager, step: int, target: Any,
                     subtree: str | None = None) -> Any:
     """Only the ``params`` (or their ``subtree``) of a full checkpoint's ``state``; the
-    optimizer state stays on disk."""
+    optimizer state stays on disk. The step's integrity manifest is checked first."""
+    problem = verify(manager.directory / str(step))
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {manager.directory / str(step)} failed its integrity "
+                              f"check: {problem}")
     saved = manager.item_metadata(step)["state"]
     saved = getattr(saved, "tree", saved).get("params")
     if subtree is not None:
@@ -80,11 +85,12 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def export(path: str | Path, out: str | Path, dtype: str = "float32",
-           step: int | None = None) -> Path:
+           step: int | None = None, overwrite: bool = False) -> Path:
     """Write the parameters of the latest (or ``step``'s) checkpoint under ``path`` to ``out``.
 
     Runs in one process; each array is gathered to host memory, cast to ``dtype`` and written
-    with safetensors. Returns the path of the weights file.
+    with safetensors (to a temporary name, renamed when complete). A non-empty ``out`` is
+    refused unless ``overwrite``. Returns the path of the weights file.
     """
     import ml_dtypes
     from safetensors.numpy import save_file
@@ -93,6 +99,11 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
         raise CheckpointError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     directory, found = locate(path)
     manager, step = _latest(directory, step if step is not None else found)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4]) if out.is_dir() else "a file"
+        raise CheckpointError(f"export directory {out} is not empty ({held}); pass --overwrite "
+                              "to replace its contents, or choose another directory")
     saved = manager.item_metadata(step)["state"]
     saved = getattr(saved, "tree", saved)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -101,10 +112,10 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
     params = _restore_params(manager, step, target)
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
     flat = {k: np.asarray(v).astype(np_dtype) for k, v in _flat_arrays(params).items()}
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(flat, str(out / WEIGHTS), metadata={"format": "jaxlm", "step": str(step),
-                                                  "dtype": dtype})
+    tmp = out / f".{WEIGHTS}.tmp"
+    save_file(flat, str(tmp), metadata={"format": "jaxlm", "step": str(step), "dtype": dtype})
+    tmp.replace(out / WEIGHTS)
     config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _copy_tokenizer(config.get("data", {}).get("tokenizer", "default"), out)

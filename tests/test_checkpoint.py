@@ -35,7 +35,7 @@ from jaxlm.export import export, load_params
 from jaxlm.sharding import logical_rules, make_mesh
 from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import make_optimizer
-from jaxlm.train.state import TrainState, state_shardings
+from jaxlm.train.state import TrainState, healthy, state_shardings
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "configs" / "pretrain" / "tiny.yaml"
@@ -61,7 +61,7 @@ def build(cfg: Config, n_devices: int = 1, seed: int = 0) -> tuple[Any, Any]:
 
     def init() -> TrainState:
         params = nn.unbox(task.init(jax.random.PRNGKey(0)))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, health=healthy(),
                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
 
     rng = np.random.default_rng(seed)

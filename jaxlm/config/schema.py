@@ -203,6 +203,11 @@ class TrainConfig(_Section):
     eps: float = 1e-8
     clip_norm: float | None = Field(1.0, gt=0.0)
     z_loss: float = Field(0.0, ge=0.0)
+    spike_factor: float | None = Field(
+        3.0, gt=1.0, description="stop (without saving) when the loss exceeds this times its "
+        "running average + 1 nat (from the second step); None = stop only on non-finite values; "
+        "also used by fine-tuning",
+    )
     seed: int = 0
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)

@@ -21,7 +21,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxlm.checkpoint import Checkpointer, abstract_like
-from jaxlm.errors import TrainingError
 from jaxlm.export import load_params
 from jaxlm.finetune.backbone import head_report, load_backbone
 from jaxlm.finetune.batching import train_plan
@@ -29,7 +28,9 @@ from jaxlm.finetune.run import COMPAT_KEYS, FinetuneRun, evaluate, setup, write_
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models import param_count
 from jaxlm.preemption import PreemptionWatcher
+from jaxlm.runlock import RunLock
 from jaxlm.tasks.classification import format_report
+from jaxlm.train.loop import divergence_error, remedies
 from jaxlm.train.state import create_train_state, is_abstract
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False, "mae": False}
@@ -58,6 +59,14 @@ def _initial_state(run: FinetuneRun) -> Any:
     return state
 
 
+def _check_health(run: FinetuneRun, state: Any, ckpt: Checkpointer) -> None:
+    f = run.cfg.finetune
+    err = divergence_error(state, ckpt, remedies(run.cfg, "finetune.lr", f.lr,
+                                                 "finetune.clip_norm", f.clip_norm))
+    if err is not None:
+        raise err
+
+
 def _better(value: float, best: float | None, metric: str) -> bool:
     if best is None:
         return True
@@ -65,8 +74,15 @@ def _better(value: float, best: float | None, metric: str) -> bool:
 
 
 def finetune(cfg: Any) -> dict[str, Any]:
-    """Fine-tune per ``cfg.finetune``; returns the final (test) metrics and the best epoch."""
+    """Fine-tune per ``cfg.finetune``; returns the final (test) metrics and the best epoch.
+    The run directory is locked for the whole run (one writer per run directory)."""
     run = setup(cfg)
+    with RunLock(run.cfg.finetune.run_dir, "finetune", log=lambda m: _log(run, m),
+                 enabled=run.primary):
+        return _finetune(run)
+
+
+def _finetune(run: FinetuneRun) -> dict[str, Any]:
     cfg, f = run.cfg, run.cfg.finetune
     run_dir = Path(f.run_dir)
     metric = f.eval_metric
@@ -109,19 +125,19 @@ def finetune(cfg: Any) -> dict[str, Any]:
                 window["steps"] += 1
                 window["examples"] += int(np.sum(plan[b] >= 0))
                 window["tokens"] += int(np.prod(batch["inputs"].shape))
+                preempted = preemption.reached(step)  # (a collective with several processes)
+                saving = (preempted or step % f.checkpoint_every == 0) and b < len(plan) - 1
+                if step % f.log_every == 0 or b == len(plan) - 1 or saving:
+                    _check_health(run, state, ckpt)
                 if step % f.log_every == 0 or b == len(plan) - 1:
                     last = {k: float(v) for k, v in jax.device_get(m).items()}
-                    if not np.isfinite(last["loss"]):
-                        raise TrainingError(f"loss is {last['loss']} at step {step}; lower "
-                                            "finetune.lr or finetune.head_lr")
                     dt = time.perf_counter() - window["t"]
                     last.update(examples_per_sec=window["examples"] / dt,
                                 tokens_per_sec=window["tokens"] / dt, epoch=epoch + 1)
                     writer.scalars(step, last, prefix="train/")
                     bar.set_postfix(progress_postfix(last), refresh=False)
                     window = {"t": time.perf_counter(), "steps": 0, "examples": 0, "tokens": 0}
-                preempted = preemption.reached(step)
-                if (preempted or step % f.checkpoint_every == 0) and b < len(plan) - 1:
+                if saving:
                     ckpt.save(step, state, {**progress, "epoch": epoch, "batch": b + 1},
                               wait=preempted)
                 if preempted:

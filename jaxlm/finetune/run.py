@@ -133,7 +133,8 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> FinetuneRun:
     tx, schedule = make_finetune_optimizer(f, total, model_cfg.n_layers, abstract_params)
     state, shardings = create_train_state(task, tx, mesh, rules, f.seed, abstract=True)
     bs = batch_sharding(mesh, rules)
-    train_step = jit_train_step(make_train_step(task, tx, schedule), shardings, bs, mesh, rules)
+    step_fn = make_train_step(task, tx, schedule, spike_factor=cfg.train.spike_factor)
+    train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
     eval_step = make_eval_step(task, shardings, bs, mesh, rules)
     predict_step = make_predict_step(task, shardings, bs, mesh, rules)
     return FinetuneRun(cfg, source, task, names, splits, raw.origin, mesh, rules, tx, schedule,

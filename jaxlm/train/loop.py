@@ -36,6 +36,7 @@ from jaxlm.profiling import (
     peak_flops_per_device,
     throughput,
 )
+from jaxlm.runlock import RunLock
 from jaxlm.sharding import Rules, activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Task, add_sums, pretraining_task
 from jaxlm.train.optim import lr_schedule, make_optimizer
@@ -85,7 +86,7 @@ def setup(cfg: Config, init: bool = True) -> Run:
     state, shardings = create_train_state(task, tx, mesh, rules, cfg.train.seed,
                                           abstract=not init)
     bs = batch_sharding(mesh, rules)
-    step_fn = make_train_step(task, tx, schedule, cfg.train.grad_accum)
+    step_fn = make_train_step(task, tx, schedule, cfg.train.grad_accum, cfg.train.spike_factor)
     train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
     eval_step = make_eval_step(task, shardings, bs, mesh, rules)
     return Run(cfg, mesh, rules, task, tx, schedule, state, shardings, bs, train_step, eval_step,
@@ -124,6 +125,48 @@ def generate_sample(run: Run, prompt: str, n_tokens: int) -> str:
     return prompt + run.tokenizer.decode(new)
 
 
+def divergence_error(state: TrainState, ckpt: Checkpointer,
+                     tips: list[str]) -> TrainingError | None:
+    """The error that stops a run whose state the train step marked diverged, naming the last
+    good checkpoint and the remedies ``tips`` (only ones not already in effect); None while
+    the state is healthy."""
+    ema, bad, loss = (float(x) for x in jax.device_get(state.health))
+    if bad == 0:
+        return None
+    ckpt.wait()
+    # The loss of step b is computed on the parameters after b - 1 updates: the checkpoint of
+    # step b - 1 (saved while its own loss still looked fine) already holds the bad update.
+    moved = ckpt.discard_from(int(bad) - 1)
+    why = (f"the loss became {loss:.4g}" if not np.isfinite(loss) else
+           f"the loss jumped to {loss:.4g} against a running average of {ema:.4g}")
+    good = ckpt.latest()
+    where = (f"the last good checkpoint is step {good} ({ckpt.directory / str(good)})"
+             if good is not None else "no good checkpoint was saved")
+    if moved:
+        where = (f"the checkpoint of step {', '.join(map(str, moved))} held the diverging "
+                 f"update and was moved to {ckpt.directory.parent / 'checkpoints_diverged'}; "
+                 + where)
+    return TrainingError(f"training diverged at step {int(bad)}: {why}; stopped without saving "
+                         f"the diverged state; {where}; to go on: {', '.join(tips)}")
+
+
+def remedies(cfg: Config, lr_key: str, lr: float, clip_key: str,
+             clip: float | None) -> list[str]:
+    """What to change after a divergence, leaving out what is already in effect."""
+    tips = [f"lower {lr_key} (now {lr:.3g})"]
+    if clip is None:
+        tips.append(f"set {clip_key}=1.0")
+    if resolve_dtype(cfg.model).dtype == "bfloat16":
+        tips.append("try model.dtype=float32")
+    if lr_key == "train.lr":
+        t = cfg.train
+        if t.z_loss == 0:
+            tips.append("add train.z_loss=1e-4")
+        if t.warmup_steps < max(1, t.steps // 20):
+            tips.append(f"warm up longer (train.warmup_steps={t.warmup_steps})")
+    return tips
+
+
 def _log(run: Run, msg: str) -> None:
     if run.primary:
         tqdm.write(msg)
@@ -140,11 +183,21 @@ def _memory_report(run: Run, batch: Any, writer: MetricsWriter, step: int) -> No
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Pretrain per ``cfg``; returns the final metrics (train loss, eval loss, perplexity)."""
+    """Pretrain per ``cfg``; returns the final metrics (train loss, eval loss, perplexity).
+    The run directory is locked for the whole run (one writer per run directory)."""
+    StepProfiler(cfg.train.profile_steps, Path(cfg.train.run_dir) / "profile",
+                 cfg.train.steps).close()  # checks train.profile_steps before anything starts
+    run = setup(cfg, init=False)
+    with RunLock(cfg.train.run_dir, "train", log=lambda msg: _log(run, msg),
+                 enabled=run.primary):
+        return _train(run)
+
+
+def _train(run: Run) -> dict[str, Any]:
+    cfg = run.cfg
     t = cfg.train
     run_dir = Path(t.run_dir)
-    profiler = StepProfiler(t.profile_steps, run_dir / "profile", t.steps)  # checks the steps
-    run = setup(cfg, init=False)
+    profiler = StepProfiler(t.profile_steps, run_dir / "profile", t.steps)
     ckpt = Checkpointer(cfg, run.tokenizer, log=lambda msg: _log(run, msg))
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
@@ -187,12 +240,15 @@ def train(cfg: Config) -> dict[str, Any]:
             window_steps += 1
             bar.update(1)
             done = step + 1
+            preempted = preemption.reached(done)  # (a collective with several processes)
+            saving = preempted or ckpt.due(done)
+            if done % t.log_every == 0 or done == t.steps or step == start or saving:
+                err = divergence_error(run.state, ckpt, remedies(cfg, "train.lr", t.lr,
+                                                                 "train.clip_norm", t.clip_norm))
+                if err is not None:
+                    raise err
             if done % t.log_every == 0 or done == t.steps or step == start:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not np.isfinite(last["loss"]):
-                    raise TrainingError(
-                        f"loss is {last['loss']} at step {done} (lr {last['lr']:.3g}); lower "
-                        f"train.lr, set train.clip_norm, or use model.dtype=float32")
                 first_loss = last["loss"] if first_loss is None else first_loss
                 if step != start:  # the first step's time is mostly compilation: not timed
                     step_time = (time.perf_counter() - window_start) / window_steps
@@ -203,8 +259,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 writer.scalars(done, last, prefix="train/")
                 bar.set_postfix(progress_postfix(last), refresh=False)
                 window_start, window_steps = time.perf_counter(), 0
-            preempted = preemption.reached(done)
-            if (preempted or ckpt.due(done)) and ckpt.save(done, run.state, pipe.state_dict(),
+            if saving and ckpt.save(done, run.state, pipe.state_dict(),
                                                            wait=preempted):
                 writer.event(done, "checkpoint", path=str(ckpt.directory / str(done)))
             if preempted:

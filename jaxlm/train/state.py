@@ -27,6 +27,12 @@ class TrainState:
     params: Any  # pytree of f32 arrays
     opt_state: Any  # optax state, sharded like params
     rng: jax.Array  # (2,) uint32 raw PRNG key, split every step (dropout)
+    health: jax.Array  # (3,) f32: loss EMA, first diverged step (0 = none), its loss
+
+
+def healthy() -> jax.Array:
+    """A fresh ``health`` record: no loss seen, no divergence."""
+    return jnp.zeros((3,), jnp.float32)
 
 
 def param_shardings(task: Task, mesh: Mesh, rules: Rules) -> Any:
@@ -48,7 +54,8 @@ def state_shardings(
         tx, lambda p, s: p if masked(p) else s, abstract_opt, param_shardings,
         transform_non_params=lambda _: rep, is_leaf=masked,
     )
-    return TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
+    return TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep,
+                      health=rep)
 
 
 def _init_fn(task: Task, tx: optax.GradientTransformation) -> Any:
@@ -56,7 +63,7 @@ def _init_fn(task: Task, tx: optax.GradientTransformation) -> Any:
         init_rng, rng = jax.random.split(rng)
         params = nn.unbox(task.init(init_rng))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=rng)
+                          opt_state=tx.init(params), rng=rng, health=healthy())
 
     return init
 

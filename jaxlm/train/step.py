@@ -3,6 +3,12 @@
 The task returns its loss as *sums* (see :mod:`jaxlm.tasks.base`). Gradients of the summed
 objective are accumulated over microbatches under ``lax.scan`` and divided by the total
 weight once, so 4 microbatches of B/4 give exactly the update of one batch of B.
+
+Divergence is caught on device at every step, for the price of a few scalar ops: a loss or
+gradient norm that is not finite, or a loss above ``spike_factor`` times its running average
+plus ``SPIKE_MARGIN`` (from step ``WARM_STEPS``), marks the state diverged (``TrainState.health``)
+and from then on the update is not applied: the parameters stay those of the last good step.
+The loop reads the flag when it logs and before it saves, and stops without saving it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,26 @@ from jaxlm.tasks import Task
 from jaxlm.train.state import TrainState
 
 Batch = dict[str, jax.Array]
+WARM_STEPS = 1  # the first loss starts the running average; spikes are tested after it
+EMA = 0.98  # decay of the running loss average
+SPIKE_MARGIN = 1.0  # nats: a spike is a loss above factor * average + this
+
+
+def update_health(health: jax.Array, step: jax.Array, loss: jax.Array, grad_norm: jax.Array,
+                  spike_factor: float | None) -> tuple[jax.Array, jax.Array]:
+    """(new health, whether this step's update may be applied). health = (loss EMA, first
+    diverged step or 0, its loss)."""
+    ema, bad = health[0], health[1]
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    spike = jnp.asarray(False)
+    if spike_factor is not None:
+        spike = (step >= WARM_STEPS) & (loss > spike_factor * ema + SPIKE_MARGIN)
+    newly_bad = (bad == 0) & (~finite | spike)
+    bad = jnp.where(newly_bad, (step + 1).astype(jnp.float32), bad)
+    ema = jnp.where(step == 0, loss, jnp.where(finite & ~spike, EMA * ema + (1 - EMA) * loss,
+                                                ema))
+    bad_loss = jnp.where(newly_bad, loss, health[2])
+    return jnp.stack([ema, bad, bad_loss]).astype(jnp.float32), bad == 0
 
 
 def _microbatches(batch: Batch, n: int) -> Batch:
@@ -29,8 +55,10 @@ def _microbatches(batch: Batch, n: int) -> Batch:
 
 def make_train_step(
     task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule, grad_accum: int = 1,
+    spike_factor: float | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The (unjitted) train step: state, global batch → new state, metrics."""
+    """The (unjitted) train step: state, global batch → new state, metrics. A step that
+    diverges (see the module docstring) leaves params and optimizer state unchanged."""
     grad_fn = jax.grad(task.loss_sums, has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -52,13 +80,15 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
-            **task.train_metrics(sums),
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
-            "lr": schedule(state.step),
-        }
-        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+        metrics = {**task.train_metrics(sums), "grad_norm": optax.tree.norm(grads)}
+        health, ok = update_health(state.health, state.step, metrics["loss"],
+                                   metrics["grad_norm"], spike_factor)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 - diverged: no update
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        metrics.update(param_norm=optax.tree.norm(params), lr=schedule(state.step))
+        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+                         health=health)
         return new, metrics
 
     return step
