@@ -51,7 +51,7 @@ def write_shards(directory: Path, texts: list[str], n_files: int, prefix: str = 
 
 def data_cfg(**kw) -> DataConfig:
     kw.setdefault("seq_len", 32)
-    kw.setdefault("shuffle_buffer", 16)
+    kw.setdefault("shuffle_rows", 16)
     kw.setdefault("prefetch", 2)
     return DataConfig(**kw)
 
