@@ -97,6 +97,8 @@ class SourceStream:
             ds = concatenate_datasets([ds.shard(n, int(p)) for p in rng.permutation(n)])
         if self.process_count > 1:
             ds = split_dataset_by_node(ds, self.process_index, self.process_count)
+        if ds is self._base:  # a new object per epoch: a loaded state sticks to its object
+            ds = ds.shard(1, 0)
         return ds
 
     def _check_first_example(self) -> None:
