@@ -102,7 +102,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(ROOT / args.config, ["mesh.data=1", "train.run_dir=/tmp/jaxlm-data-bench"])
     b, L = cfg.train.global_batch, cfg.data.seq_len
-    print(f"{args.config}: batch {b}x{L}, shuffle_buffer {cfg.data.shuffle_buffer}, "
+    print(f"{args.config}: batch {b}x{L}, row shuffle window {cfg.data.shuffle_rows} rows, "
           f"{os.cpu_count()} CPU cores")
     rates = {}
     for mode in args.modes:
@@ -114,7 +114,8 @@ def main() -> None:
     lines = [SECTION, "", f"Command: `{cmd}`  ",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
              f"(shared with other jobs while measured). Config `{args.config}`: batch {b}x{L}, "
-             f"embedded corpus, default tokenizer, shuffle buffer {cfg.data.shuffle_buffer}. "
+             "embedded corpus, default tokenizer, "
+             f"row shuffle window {cfg.data.shuffle_rows} rows. "
              "Pipeline tokens/s count non-padding positions after the first batch.", ""]
     lines += ["| mode | pipeline tokens/s | positions/s | non-padding | first batch |",
               "|---|---:|---:|---:|---:|"]

@@ -15,5 +15,6 @@ def replace_section(path: Path, heading: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
+        rest = "\n" + text[end + 1 :] if end >= 0 else ""  # a blank line before the next one
+        text = text[:start] + body.rstrip("\n") + "\n" + rest
     path.write_text(text)

@@ -33,6 +33,17 @@ def make_texts(n: int, seed: int = 0, prefix: str = "doc", max_words: int = 120)
             for i in range(n)]
 
 
+def long_text(chars: int, seed: int = 0) -> str:
+    """Prose-like text of ``chars`` characters: lines of 3-20 words, some blank lines."""
+    rng = random.Random(seed)
+    lines, n = [], 0
+    while n < chars:
+        line = " ".join(rng.choices(WORDS, k=rng.randint(3, 20)))
+        lines.append(line + ("\n" if rng.random() < 0.12 else ""))
+        n += len(line) + 1
+    return "\n".join(lines)[:chars]
+
+
 def write_jsonl(path: Path, texts: list[str], column: str = "text") -> Path:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wt", encoding="utf-8") as f:
@@ -51,7 +62,7 @@ def write_shards(directory: Path, texts: list[str], n_files: int, prefix: str = 
 
 def data_cfg(**kw) -> DataConfig:
     kw.setdefault("seq_len", 32)
-    kw.setdefault("shuffle_buffer", 16)
+    kw.setdefault("shuffle_rows", 16)
     kw.setdefault("prefetch", 2)
     return DataConfig(**kw)
 

@@ -146,7 +146,8 @@ def test_resume_other_formats(tmp_path, fmt):
     p = make()
     full = take(p, 30)
     p.close()
-    assert sorted(decode_docs(take(pipeline(None, sources=src), None))) == sorted(texts)
+    in_order = pipeline(None, sources=src, shuffle_rows=0)  # rows in order: decodable
+    assert sorted(decode_docs(take(in_order, None))) == sorted(texts)
     for cut in (4, 17):
         p = make()
         take(p, cut)

@@ -79,7 +79,8 @@ def test_glob_list_and_default_corpus(tmp_path):
     p = pipeline(None, sources=[SourceConfig(path=[str(tmp_path / "x2.jsonl"),
                                                    str(tmp_path / "x1.jsonl")])], shuffle=False)
     assert decode_docs(take(p)) == TEXTS  # files are read in sorted order when unshuffled
-    valid = Pipeline(data_cfg(), [SourceConfig(split="valid")], tokenizer(), 4, repeat=False)
+    valid = Pipeline(data_cfg(shuffle_rows=0), [SourceConfig(split="valid")], tokenizer(), 4,
+                     repeat=False)
     assert len(decode_docs(take(valid))) == valid.stats["documents"] > 10
     with build_pipeline(DataConfig(seq_len=64), "train", 2) as train:  # the shipped defaults
         batch = next(train)
@@ -156,13 +157,14 @@ def test_mixture_honours_weights(tmp_path):
     stats: dict[str, int] = {}
     cfgs = [SourceConfig(path=str(a), weight=3.0), SourceConfig(path=str(b), weight=1.0)]
     streams = [SourceStream(c, i, 0, True, True, 0, 1, stats) for i, c in enumerate(cfgs)]
-    docs = DocumentStream(streams, [c.weight for c in cfgs], seed=0, process_index=0,
-                          shuffle=True, buffer_size=32).take(4000)
+    mix = DocumentStream(streams, [c.weight for c in cfgs], seed=0, process_index=0)
+    docs = [mix.next_text() for _ in range(4000)]
     share_a = sum(t.startswith("A") for t in docs) / len(docs)
     assert abs(share_a - 0.75) < 0.03, share_a
     # with repeat off, both sources are read exactly once, however the weights fall
     streams = [SourceStream(c, i, 0, True, False, 0, 1, stats) for i, c in enumerate(cfgs)]
-    once = DocumentStream(streams, [3.0, 1.0], 0, 0, True, 8).take(1000)
+    mix = DocumentStream(streams, [3.0, 1.0], 0, 0)
+    once = [t for t in iter(mix.next_text, None)]
     assert sorted(once) == sorted(make_texts(50, 2, "A") + make_texts(50, 3, "B"))
 
 

@@ -155,6 +155,12 @@ class DataConfig(_Section):
 
     ``mode``: ``pack`` (causal LM, documents packed into rows with segment ids), ``pad`` (one
     document per row, padded; for fine-tuning), ``mlm`` (packed rows, BERT-style masking).
+
+    Documents of any length are read and tokenized in pieces (bounded memory); the saved
+    stream state holds positions, never texts. ``shuffle`` (train only) seeds the file order
+    of each epoch and the order of packed rows: windows of ``shuffle_rows`` rows are emitted
+    in random order, so the rows of one long text spread over many batches (a window costs
+    ``shuffle_rows * seq_len * 20`` bytes; ``0`` keeps rows in order).
     """
 
     train: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
@@ -164,8 +170,10 @@ class DataConfig(_Section):
     )
     tokenizer: str = Field("default", description="'default', a tokenizer.json or a directory")
     seq_len: int = Field(128, gt=1)
-    shuffle: bool = Field(True, description="seeded file order per epoch plus a document buffer")
-    shuffle_buffer: int = Field(1024, gt=0, description="documents held by the shuffle buffer")
+    shuffle: bool = Field(True, description="train: seeded file order per epoch and row order")
+    shuffle_rows: int = Field(
+        1024, ge=0, description="packed rows per shuffle window (train, shuffle on); 0 = in order"
+    )
     seed: int = 0
     mode: Literal["pack", "pad", "mlm"] = "pack"
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
@@ -173,6 +181,14 @@ class DataConfig(_Section):
         False, description="pad mode: cut documents at seq_len instead of splitting them into rows"
     )
     prefetch: int = Field(8, gt=0, description="batches prepared ahead by the background thread")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "shuffle_buffer" in values:
+            raise ValueError("data.shuffle_buffer was removed (it held document texts); packed "
+                             "rows are shuffled in windows of data.shuffle_rows rows")
+        return values
 
     @model_validator(mode="after")
     def _check_sources(self) -> DataConfig:

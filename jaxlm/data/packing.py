@@ -14,8 +14,16 @@ restarting at 0, so the model's segment mask never lets two chunks see each othe
 'mlm' packs the same way but rows hold the tokens ``s`` themselves (inputs = targets before
 masking). 'pad' puts one chunk per row (a document is split, or cut when ``truncate``).
 
-The packer's state between rows is just the queue of unfinished documents plus how many items
-of the first one were already emitted, so the pipeline can checkpoint it as texts + offset.
+A long document arrives as several pieces (``Doc`` with ``last=False``). Its items are the
+same as if it had come whole: each piece after the first starts with the previous piece's
+last token (``tail``), so the pair across the cut is not lost. A piece that continues a
+document in the same row extends its segment (positions go on); a document that spans
+pieces is placed as a long one (fill the rest of the row), since its length is not known yet.
+
+The packer's state between rows is the queue of pieces plus how many items of the first were
+emitted, how many pieces were taken off since the last :meth:`Packer.add`, and (pad mode
+with ``truncate``) whether the rest of a cut document is being dropped: positions only, so
+the pipeline checkpoints where the pieces came from rather than what they hold.
 """
 
 from __future__ import annotations
@@ -33,24 +41,37 @@ BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 
 @dataclass(frozen=True)
 class Doc:
-    """A tokenized document: its text (for checkpoints) and the items it contributes."""
+    """The items of a document, or of one piece of it, for the packer."""
 
-    text: str
     inputs: np.ndarray  # (n,) int32
     targets: np.ndarray  # (n,) int32
+    first: bool = True  # starts its document (else continues the previous Doc's)
+    last: bool = True  # ends its document
 
     def __len__(self) -> int:
         return len(self.inputs)
 
 
-def make_doc(text: str, ids: list[int], eos: int, mode: Mode) -> Doc:
-    """``s = [EOS] + ids + [EOS]``; causal pairs ``(s[:-1], s[1:])``, or ``s`` itself for mlm."""
-    s = np.empty(len(ids) + 2, dtype=np.int32)
-    s[0] = s[-1] = eos
-    s[1:-1] = ids
+def make_doc(ids: list[int] | np.ndarray, eos: int, mode: Mode, *, tail: int | None = None,
+             last: bool = True) -> Doc:
+    """The items of (a piece of) a document; the next piece's ``tail`` is ``targets[-1]``.
+
+    A whole document (``tail=None``, ``last=True``) is ``s = [EOS] + ids + [EOS]``: causal pairs
+    ``(s[:-1], s[1:])``, or ``s`` itself for mlm. A first piece omits the closing EOS; a
+    later one starts from ``tail`` (causal: the previous piece's last token, which still
+    needs its target; mlm: no prefix).
+    """
+    first = tail is None
+    head = [eos] if first or mode != "mlm" else []
+    s = np.empty(len(head) + len(ids) + int(last), dtype=np.int32)  # (n + 1,) causal
+    if head:
+        s[0] = eos if first else tail
+    s[len(head):len(head) + len(ids)] = ids
+    if last:
+        s[-1] = eos
     if mode == "mlm":
-        return Doc(text, s, s)
-    return Doc(text, s[:-1], s[1:])
+        return Doc(s, s, first, last)
+    return Doc(s[:-1], s[1:], first, last)
 
 
 def empty_batch(rows: int, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -71,47 +92,74 @@ class Packer:
         self.seq_len, self.mode, self.truncate = seq_len, mode, truncate
         self.docs: deque[Doc] = deque()
         self.offset = 0  # items of docs[0] already placed
+        self.popped = 0  # Docs taken off the queue since the last add()
+        self.drop = False  # pad + truncate: the rest of a cut document is being dropped
         self._fill = 0  # items in the open row
         self._seg = 0  # segments in the open row
+        self._pos = 0  # position of the next item in the open segment
+        self._joined = False  # the next Doc continues the open segment (same document)
         self._arange = np.arange(seq_len, dtype=np.int32)
 
     def add(self, docs: Iterable[Doc]) -> None:
+        """Queue the next Docs; called when the queue is empty (``fill_row`` said False)."""
         self.docs.extend(docs)
+        self.popped = 0
 
-    @property
-    def queued_items(self) -> int:
-        """Items (pairs or tokens) waiting to be placed."""
-        return sum(len(d) for d in self.docs) - self.offset
+    def _pop(self) -> None:
+        self.docs.popleft()
+        self.offset = 0
+        self.popped += 1
 
     def _put(self, batch: dict[str, np.ndarray], r: int, k: int) -> None:
         d, o, f = self.docs[0], self.offset, self._fill
-        self._seg += 1
+        if not self._joined:
+            self._seg += 1
+            self._pos = 0
+        p = self._pos
         batch["inputs"][r, f:f + k] = d.inputs[o:o + k]
         batch["targets"][r, f:f + k] = d.targets[o:o + k]
         batch["segment_ids"][r, f:f + k] = self._seg
-        batch["positions"][r, f:f + k] = self._arange[:k]
+        batch["positions"][r, f:f + k] = self._arange[p:p + k]
         batch["weights"][r, f:f + k] = 1.0
         self._fill += k
-        if o + k == len(d) or (self.mode == "pad" and self.truncate):
-            self.docs.popleft()
-            self.offset = 0
+        self._pos += k
+        if o + k == len(d):
+            self._pop()
+            self._joined = not d.last
         else:
             self.offset += k
+            self._joined = False
 
     def _close(self) -> bool:
-        self._fill = self._seg = 0
+        self._fill = self._seg = self._pos = 0
+        self._joined = False
         return True
 
     def fill_row(self, batch: dict[str, np.ndarray], r: int) -> bool:
         """Continue filling row ``r``; True once it is closed, False when out of documents."""
         L = self.seq_len
         while self.docs:
-            n = len(self.docs[0]) - self.offset
+            d = self.docs[0]
+            if self.drop:  # pieces of a document that truncate cut
+                self._pop()
+                self.drop = not d.last
+                continue
+            n = len(d) - self.offset
             room = L - self._fill
             if self.mode == "pad":
-                self._put(batch, r, min(n, L))
-                return self._close()
-            if n <= room:
+                k = min(n, room)
+                self._put(batch, r, k)
+                whole = k == n and d.last  # the document ends in this row
+                if self._fill == L or whole:
+                    if self.truncate and not whole:
+                        if k < n:
+                            self._pop()
+                        self.drop = not d.last
+                    return self._close()
+                continue  # the piece ended, its document goes on in this row
+            if not d.first or self.offset or not d.last:  # a split document, or one in pieces
+                self._put(batch, r, min(n, room))
+            elif n <= room:
                 self._put(batch, r, n)
             elif n <= L:  # fits an empty row: do not split it, start a new row
                 return self._close()
@@ -128,12 +176,13 @@ class Packer:
     # ------------------------------------------------------------------------------ state
 
     def state(self) -> dict[str, object]:
-        """Unfinished documents (as texts) and the offset into the first; only between rows."""
+        """Pieces taken off since :meth:`add`, items of the next one placed, and the drop
+        flag: the position in the last added list of Docs. Only defined between rows."""
         assert self._fill == 0, "packer state is only defined between rows"
-        return {"texts": [d.text for d in self.docs], "offset": self.offset}
+        return {"popped": self.popped, "offset": self.offset, "drop": self.drop}
 
-    def restore(self, docs: list[Doc], offset: int) -> None:
-        """Continue from :meth:`state` (``docs`` re-tokenized from its texts)."""
-        self.docs = deque(docs)
-        self.offset = offset
-        self._fill = self._seg = 0
+    def restore(self, docs: list[Doc], popped: int, offset: int, drop: bool) -> None:
+        """Continue from :meth:`state`, given the same Docs that were last added."""
+        self.docs = deque(docs[popped:])
+        self.popped, self.offset, self.drop = popped, offset, drop
+        self._close()

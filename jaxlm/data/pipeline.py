@@ -1,45 +1,39 @@
-"""The input pipeline: sources → mixture → shuffle → tokenize → pack/mask → local batches.
+"""The input pipeline: sources → mixture → pieces → tokenize → pack/mask → shuffled rows.
 
 One background thread does all the work (reading, batched tokenization with HF `tokenizers`,
-packing, masking) and queues up to ``data.prefetch`` finished batches, so the training step
-never waits on the host. Each queued batch travels with a *snapshot* of the producer's state
-taken right after that batch was completed; ``__next__`` hands out the batch and keeps its
-snapshot, so ``state_dict()`` always describes exactly the batches already handed out, however
-far ahead the thread has run.
+packing, row shuffling, masking; ``producer.py``) and queues up to ``data.prefetch`` finished
+batches, so the training step never waits on the host. Each queued batch travels with a
+*snapshot* of the producer's position right after that batch; ``__next__`` hands out the
+batch and keeps its snapshot, so ``state_dict()`` always describes exactly the batches
+already handed out, however far ahead the thread has run.
 
-Exact resume. A snapshot is everything that determines the rest of the stream:
-
-* per source: the epoch, and the `datasets` state of that epoch's unshuffled stream (exact for
-  plain json/parquet/csv/text streams; our own seeded shard order per epoch is rebuilt from
-  (seed, source, epoch));
-* the mixture's and the shuffle buffer's RNG states and the texts in the buffer;
-* the packer's carry: texts of documents read but not yet fully emitted, plus how many items of
-  the first were emitted (tokenization is deterministic, so texts are re-tokenized on load);
-* counters (rows, so MLM masks stay keyed by row number; batches; stats).
-
-Texts are stored zlib-compressed and base64-encoded, so the state is plain JSON. Per-host
-shuffling, masking and mixing are seeded from ``data.seed`` and the process index; shard order
-from ``data.seed``, the source and the epoch (the same on every host, as
-``split_dataset_by_node`` requires).
+Exact resume, from positions only (no text, so ``state_dict()`` is small and cheap whatever
+the documents): per source the epoch, the `datasets` state of that epoch's unshuffled stream,
+examples read past it and characters handed out of the one in progress; the mixture's RNG;
+the tokenizer's carried token; the packer's place in its last round of pieces; the row
+window's number and how many of its rows went out; counters (rows, so MLM masks stay keyed
+by row number; batches; stats). Per-host mixing, masking and row order are seeded from
+``data.seed`` and the process index; shard order from ``data.seed``, the source and the epoch
+(the same on every host, as ``split_dataset_by_node`` requires).
 """
 
 from __future__ import annotations
 
-import base64
+import copy
 import hashlib
-import json
 import queue
 import threading
-import zlib
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from jaxlm.config import DataConfig, SourceConfig
 from jaxlm.data.mlm import MaskCollator
-from jaxlm.data.packing import Doc, Packer, empty_batch, make_doc
+from jaxlm.data.packing import Packer, empty_batch
+from jaxlm.data.producer import PieceTokenizer, Producer
 from jaxlm.data.sources import DataError, DataWarning, SourceStream
 from jaxlm.data.stream import DocumentStream
+from jaxlm.data.textfiles import PIECE_CHARS
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
 
 if TYPE_CHECKING:
@@ -50,8 +44,7 @@ __all__ = [
     "DataError", "DataWarning", "Pipeline", "build_pipeline", "check_vocab", "to_global",
 ]
 
-TOKENIZE_DOCS = 64  # documents per batched tokenizer call
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1 carried document texts; 2 carries positions only
 _END = object()  # queue sentinel: the (finite) stream is over
 
 
@@ -66,14 +59,6 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
             f"the tokenizer has {n} tokens but model.vocab_size={model_vocab_size}; set "
             f"model.vocab_size>={n} (a multiple of 128 is fastest) or use a smaller tokenizer"
         )
-
-
-def _pack_texts(texts: list[str]) -> str:
-    return base64.b64encode(zlib.compress(json.dumps(texts).encode(), 1)).decode("ascii")
-
-
-def _unpack_texts(blob: str) -> list[str]:
-    return json.loads(zlib.decompress(base64.b64decode(blob)))
 
 
 class Pipeline:
@@ -116,82 +101,36 @@ class Pipeline:
             self._mlm = MaskCollator(
                 data.mlm_probability, self.special.mask, tokenizer.get_vocab_size(), specials,
                 data.seed, process_index)
-        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
 
-        self._live_stats: dict[str, int] = {}
+        stats: dict[str, int] = {}  # reading counters, shared by the sources and the producer
         streams = [
             SourceStream(s, i, data.seed, self.shuffle, repeat, process_index, process_count,
-                         self._live_stats)
+                         stats)
             for i, s in enumerate(sources)
         ]
-        self._docs = DocumentStream(streams, [s.weight for s in sources], data.seed,
-                                    process_index, self.shuffle, data.shuffle_buffer)
-        self._packer = Packer(data.seq_len, data.mode, data.truncate)
-        self._rows = self._batches = 0
-        self._finished = False
+        docs = DocumentStream(streams, [s.weight for s in sources], data.seed, process_index)
+        shuffle_rows = data.shuffle_rows if self.shuffle else 0
+        self._producer = Producer(
+            docs, PieceTokenizer(encode, self.special.eos, data.mode),
+            Packer(data.seq_len, data.mode, data.truncate), local_batch, self._pad,
+            shuffle_rows, data.seed, process_index, self._mlm, stats)
         self._fingerprint = {
             "seq_len": data.seq_len, "mode": data.mode, "seed": data.seed,
-            "shuffle": self.shuffle, "shuffle_buffer": data.shuffle_buffer,
+            "shuffle": self.shuffle, "shuffle_rows": shuffle_rows, "piece_chars": PIECE_CHARS,
             "truncate": data.truncate, "mlm_probability": data.mlm_probability,
             "sources": [s.model_dump(mode="json") for s in sources],
             "tokenizer": hashlib.sha1(tokenizer.to_str().encode()).hexdigest()[:16],
             "process_index": process_index, "process_count": process_count,
         }
-        self._state = self._snapshot()
+        self._state = self._producer.snapshot()
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
-        self._stale = False  # the live objects ran ahead of self._state (thread was stopped)
+        self._stale = False  # the producer ran ahead of self._state (thread was stopped)
         self._done = False
 
     # ------------------------------------------------------------------------- producing
-
-    def _tokenize(self, texts: list[str]) -> list[Doc]:
-        if not texts:
-            return []
-        enc = self._encode(texts, add_special_tokens=False)
-        eos, mode = self.special.eos, self.data.mode
-        return [make_doc(t, e.ids, eos, mode) for t, e in zip(texts, enc, strict=True)]
-
-    def _snapshot(self) -> dict[str, Any]:
-        return {
-            "docs": self._docs.state(), "packer": self._packer.state(), "rows": self._rows,
-            "batches": self._batches, "finished": self._finished, "stats": dict(self._live_stats),
-        }
-
-    def _restore(self, snap: dict[str, Any]) -> None:
-        self._docs.restore(snap["docs"])
-        self._packer.restore(self._tokenize(snap["packer"]["texts"]), snap["packer"]["offset"])
-        self._rows, self._batches = snap["rows"], snap["batches"]
-        self._finished = snap["finished"]
-        self._live_stats.clear()
-        self._live_stats.update(snap["stats"])
-
-    def _produce(self) -> Any:
-        """Yield (batch, snapshot after it) until a finite stream ends."""
-        B, L = self.local_batch, self.data.seq_len
-        while not self._finished:
-            batch = empty_batch(B, L, self._pad)
-            r = 0
-            while r < B:
-                if self._packer.fill_row(batch, r):
-                    r += 1
-                elif texts := self._docs.take(TOKENIZE_DOCS):
-                    self._packer.add(self._tokenize(texts))
-                elif self._packer.flush(batch, r):
-                    r += 1
-                else:
-                    self._finished = True
-                    break
-            if r == 0:
-                return
-            if self._mlm is not None:
-                self._mlm(batch, self._rows)
-            self._rows += r
-            self._batches += 1
-            stats = self._live_stats
-            stats["tokens"] = stats.get("tokens", 0) + int(np.count_nonzero(batch["segment_ids"]))
-            yield batch, self._snapshot()
 
     def _run(self, q: queue.Queue, stop: threading.Event) -> None:
         def put(item: object) -> bool:
@@ -204,7 +143,7 @@ class Pipeline:
             return False
 
         try:
-            for item in self._produce():
+            for item in self._producer.batches(stop):
                 if not put(item):
                     return
             put(_END)
@@ -213,7 +152,7 @@ class Pipeline:
 
     def _start(self) -> None:
         if self._stale:
-            self._restore(self._state)
+            self._producer.restore(self._state)
             self._stale = False
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self.data.prefetch)
@@ -281,26 +220,25 @@ class Pipeline:
     # ------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serializable state after the last batch returned by ``__next__``."""
+        """JSON-serializable state after the last batch returned by ``__next__``: positions
+        and counters only (a few KB, whatever the documents), copied so it stays valid."""
         s = self._state
-        return {
+        return copy.deepcopy({
             "version": STATE_VERSION,
             "fingerprint": self._fingerprint,
             "rows": s["rows"], "batches": s["batches"], "finished": s["finished"],
-            "stats": dict(s["stats"]),
-            "sources": s["docs"]["sources"],
-            "mix_rng": s["docs"]["mix_rng"], "buffer_rng": s["docs"]["buffer_rng"],
-            "buffer": _pack_texts(s["docs"]["buffer"]),
-            "carry": _pack_texts(s["packer"]["texts"]), "carry_offset": s["packer"]["offset"],
-        }
+            "stats": s["stats"], "anchor": s["anchor"], "used": s["used"],
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the batches that ``state`` was taken after."""
         if not isinstance(state, dict) or "fingerprint" not in state:
             raise DataError("not a data pipeline state (expected Pipeline.state_dict() output)")
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"data pipeline state version {state.get('version')!r} is not "
-                            f"{STATE_VERSION}; it was written by another jaxlm version")
+            raise DataError(
+                f"data pipeline state version {state.get('version')!r} cannot be resumed by this "
+                f"jaxlm (state version {STATE_VERSION}: positions instead of document texts); "
+                "start the data stream afresh by not loading its state")
         saved = state["fingerprint"]
         for key, now in self._fingerprint.items():
             if saved.get(key) != now:
@@ -309,13 +247,8 @@ class Pipeline:
                     f"has {key}={now!r}; it cannot resume exactly (start the data stream afresh "
                     "by not loading its state)")
         self.close()
-        self._state = {
-            "docs": {"sources": state["sources"], "mix_rng": state["mix_rng"],
-                     "buffer_rng": state["buffer_rng"], "buffer": _unpack_texts(state["buffer"])},
-            "packer": {"texts": _unpack_texts(state["carry"]), "offset": state["carry_offset"]},
-            "rows": state["rows"], "batches": state["batches"], "finished": state["finished"],
-            "stats": dict(state["stats"]),
-        }
+        self._state = {k: copy.deepcopy(state[k]) for k in
+                       ("rows", "batches", "finished", "stats", "anchor", "used")}
         self._stale = True
         self._done = False
 

@@ -1,31 +1,22 @@
-"""Text sources: one ``SourceConfig`` → a per-host, per-epoch stream of document texts.
+"""One source on one host: document *pieces*, epoch after epoch, with a position, not texts.
 
-Every source, hub or local, goes through the same `datasets` streaming path::
+A document reaches the pipeline as pieces of at most ``PIECE_CHARS`` characters, each with a
+flag saying whether it is the document's last. Text files arrive already cut (``textfiles.py``
+yields one `datasets` example per piece, flagged ``more``); an example of any other format
+(one json/csv/parquet record) is cut here, with the same rule. So neither a long document nor
+its tokens ever have to exist whole, whatever the format.
 
-    base  = load_dataset(..., streaming=True)              # unshuffled, N shards (files)
-    epoch = concatenate_datasets([base.shard(N, p) for p in perm(seed, source, epoch)])
-    mine  = split_dataset_by_node(epoch, process_index, process_count)
-
-The shard permutation is ours (seeded, the same on every host), so each epoch reads the files
-in a fresh order while `datasets` only ever sees an *unshuffled* stream, whose own
-``state_dict`` resumes exactly (DESIGN.md: it is not exact across its shuffle buffer, so we
-never use that). Document-level shuffling is done later, by our own buffer (``stream.py``).
-
-Text files are read by a small generator of ours (``IterableDataset.from_generator``) because
-`datasets`' text builder ignores ``encoding_errors`` for gzipped files; bytes that are not
-UTF-8 are replaced by U+FFFD and counted everywhere, never a crash.
+The position of a stream is small and JSON-safe: the epoch (its shard order is rebuilt from
+(seed, source, epoch)), the `datasets` state of that epoch's unshuffled stream at some
+example, how many examples were read past it, and how many characters of the example in
+progress were handed out. Restoring reloads the `datasets` state, skips those examples and
+re-cuts the example in progress from that character: the same pieces follow.
 """
 
 from __future__ import annotations
 
-import bz2
 import copy
-import glob
-import gzip
-import io
 import logging
-import lzma
-import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -33,202 +24,40 @@ from typing import Any
 import numpy as np
 
 from jaxlm.config import SourceConfig
-from jaxlm.data.tokenizer import default_corpus_files
-from jaxlm.errors import UserError
+from jaxlm.data.errors import DataError, DataWarning
+from jaxlm.data.loading import load_base, one_line, source_label
+from jaxlm.data.textfiles import MORE, PIECE_CHARS, find_cut
+
+__all__ = ["DataError", "DataWarning", "SourceStream", "source_label"]
 
 log = logging.getLogger(__name__)
 
-_COMPRESSION = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-_FORMATS = {
-    ".json": "json", ".jsonl": "json", ".ndjson": "json",
-    ".parquet": "parquet", ".pq": "parquet",
-    ".csv": "csv", ".tsv": "csv",
-    ".txt": "text", ".text": "text", ".md": "text",
-}
-_GLOB_CHARS = "*?["
 _TAG_FILES = 3  # RNG stream tag: shard order per epoch
 
 
-class DataError(UserError):
-    """Bad input data or data settings; the message is one line saying what and how to fix it."""
-
-
-class DataWarning(UserWarning):
-    """Data that is suboptimal, or was repaired and counted; training goes on."""
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def source_label(cfg: SourceConfig) -> str:
-    """A short human name for a source, used in every message about it."""
-    if isinstance(cfg.path, str):
-        return cfg.path if cfg.path != "default" else f"default:{cfg.split}"
-    return cfg.path[0] + (f" (+{len(cfg.path) - 1} more)" if len(cfg.path) > 1 else "")
-
-
-def _split_suffix(path: str) -> tuple[str, str | None]:
-    """(format suffix, compression suffix) of a file name, e.g. ``x.jsonl.gz`` → (.jsonl, .gz)."""
-    root, ext = os.path.splitext(path.lower())
-    comp = ext if ext in _COMPRESSION else None
-    if comp:
-        root, ext = os.path.splitext(root)
-    return ext, comp
-
-
-def _looks_local(path: str) -> bool:
-    return (
-        any(c in path for c in _GLOB_CHARS)
-        or path.startswith((".", "/", "~"))
-        or os.path.exists(os.path.expanduser(path))
-        or _split_suffix(path)[0] in _FORMATS
-    )
-
-
-def resolve_files(cfg: SourceConfig) -> list[str] | None:
-    """The sorted local files of a source, or ``None`` for a hub dataset.
-
-    Raises DataError when a local path, directory or glob matches no readable file.
-    """
-    if cfg.path == "default":
-        corpus = default_corpus_files()
-        if cfg.split not in corpus:
-            raise DataError(
-                f"source 'default' has splits {sorted(corpus)}, not split={cfg.split!r}"
-            )
-        return [corpus[cfg.split]]
-    paths = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
-    if isinstance(cfg.path, str) and not _looks_local(cfg.path):
-        return None
-    files: list[str] = []
-    for pattern in paths:
-        pattern = os.path.expanduser(pattern)
-        if os.path.isdir(pattern):
-            found = [
-                f for f in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
-                if os.path.isfile(f) and _split_suffix(f)[0] in _FORMATS
-            ]
-        else:
-            found = [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
-        if not found:
-            what = "directory" if os.path.isdir(pattern) else "path or glob"
-            raise DataError(f"data source {what} {pattern!r} matches no readable file")
-        files.extend(sorted(found))
-    return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
-
-
-def detect_format(cfg: SourceConfig, files: list[str]) -> str:
-    """The `datasets` builder for local files: json, parquet, csv or text."""
-    if cfg.format != "auto":
-        return cfg.format
-    kinds = {_FORMATS.get(_split_suffix(f)[0]) for f in files}
-    if None in kinds:
-        bad = next(f for f in files if _split_suffix(f)[0] not in _FORMATS)
-        raise DataError(
-            f"cannot tell the format of {bad!r} from its suffix; set format= "
-            f"(json, parquet, csv, text) on source {source_label(cfg)!r}"
-        )
-    if len(kinds) > 1:
-        raise DataError(
-            f"source {source_label(cfg)!r} mixes formats {sorted(kinds)}; "  # type: ignore[type-var]
-            "give each format its own source"
-        )
-    return kinds.pop()  # type: ignore[return-value]
-
-
-def _open_text(path: str) -> io.TextIOBase:
-    opener = _COMPRESSION.get(_split_suffix(path)[1] or "", open)
-    return io.TextIOWrapper(opener(path, "rb"), encoding="utf-8", errors="replace", newline=None)
-
-
-def _text_examples(files: list[str], sample_by: str) -> Iterator[dict[str, str]]:
-    """Examples ``{"text": ...}`` of text files: whole files, blank-line blocks, or lines."""
-    for path in files:
-        with _open_text(path) as f:
-            if sample_by == "document":
-                yield {"text": f.read()}
-            elif sample_by == "line":
-                for line in f:
-                    yield {"text": line.rstrip("\n")}
-            else:
-                block: list[str] = []
-                for line in f:
-                    if line.strip():
-                        block.append(line)
-                    elif block:
-                        yield {"text": "".join(block).rstrip("\n")}
-                        block = []
-                if block:
-                    yield {"text": "".join(block).rstrip("\n")}
-
-
-def load_base(cfg: SourceConfig) -> Any:
-    """The unshuffled streaming ``datasets.IterableDataset`` of a source (all hosts, all shards)."""
-    import datasets
-
-    files = resolve_files(cfg)
-    label = source_label(cfg)
-    if files is None:  # a hub dataset
-        try:
-            return datasets.load_dataset(cfg.path, cfg.name, split=cfg.split, streaming=True)
-        except (ConnectionError, TimeoutError) as e:
-            raise DataError(
-                f"hub dataset {label!r} cannot be reached ({_one_line(e)}); this machine may be "
-                "offline: point the source (data.train.N.path or data.eval.N.path) at local "
-                "files such as data/*.jsonl.gz, and set "
-                "HF_HUB_OFFLINE=1 to fail fast instead of retrying"
-            ) from None
-        except Exception as e:
-            raise DataError(
-                f"hub dataset {label!r} (name={cfg.name!r}, split={cfg.split!r}) cannot be loaded: "
-                f"{_one_line(e)}; if it is a local path, it does not exist"
-            ) from None
-    fmt = detect_format(cfg, files)
-    if all(os.path.getsize(f) == 0 for f in files):
-        raise DataError(f"source {label!r} is empty: its {len(files)} file(s) hold no data")
-    if fmt == "text":
-        return datasets.IterableDataset.from_generator(
-            _text_examples, gen_kwargs={"files": files, "sample_by": cfg.sample_by}
-        )
-    kwargs: dict[str, Any] = {}
-    if fmt == "json":
-        # The json builder only re-decodes when encoding != "utf-8": "utf_8" is the same codec
-        # under another name, which switches on errors="replace" for bytes that are not UTF-8.
-        kwargs = {"encoding": "utf_8", "encoding_errors": "replace"}
-    elif fmt == "csv":
-        kwargs = {"encoding_errors": "replace"}
-        if all(_split_suffix(f)[0] == ".tsv" for f in files):
-            kwargs["sep"] = "\t"
-    try:
-        return datasets.load_dataset(
-            fmt, data_files={"train": files}, split="train", streaming=True, **kwargs
-        )
-    except Exception as e:
-        raise DataError(f"source {label!r} cannot be opened as {fmt}: {_one_line(e)}") from None
-
-
 class SourceStream:
-    """This host's documents of one source, epoch after epoch, with an exact position.
+    """This host's documents of one source, as pieces, with an exact position.
 
-    ``next_text()`` returns the next non-empty document text, or ``None`` once the source is
-    exhausted and ``repeat`` is off. ``state()``/``restore()`` capture the epoch, the
-    per-epoch `datasets` stream state and counters; all small and JSON-serializable.
+    ``next_piece()`` returns ``(text, last)`` — the next piece and whether it ends its
+    document — or ``None`` once the source is exhausted and ``repeat`` is off. ``state()`` /
+    ``restore()`` capture the position (see the module docstring) and per-document flags.
     """
 
     def __init__(
         self, cfg: SourceConfig, index: int, seed: int, shuffle: bool, repeat: bool,
         process_index: int, process_count: int, stats: dict[str, int],
+        piece_chars: int = PIECE_CHARS,
     ) -> None:
         self.cfg, self.index, self.seed = cfg, index, seed
         self.shuffle, self.repeat = shuffle, repeat
         self.process_index, self.process_count = process_index, process_count
+        self.piece_chars = piece_chars
         self.label = source_label(cfg)
         self.stats = stats
-        self._base = load_base(cfg)
+        self._base, fmt = load_base(cfg)
         self.num_shards: int = self._base.num_shards
-        if process_count > 1 and self.num_shards % process_count:
+        by_example = process_count > 1 and self.num_shards % process_count != 0
+        if by_example:
             warnings.warn(
                 f"source {self.label!r} has {self.num_shards} file(s)/shard(s), not a multiple of "
                 f"{process_count} processes: every process reads every file and keeps 1 document "
@@ -236,12 +65,22 @@ class SourceStream:
                 f"{process_count} files",
                 DataWarning, stacklevel=2,
             )
+        # Pieces of a text file are joined into documents, unless examples are dealt out
+        # round robin to the processes (then each piece is a document of its own).
+        self._joins = fmt == "text" and not by_example
         self.epoch = 0
         self.texts_in_epoch = 0
         self.exhausted = False
         self._ds: Any = None
         self._it: Iterator[dict[str, Any]] | None = None
-        self._pending_ds_state: dict | None = None
+        self._at: dict | None = None  # `datasets` state the position counts from (None: start)
+        self._read = 0  # examples read past `_at`, the one in progress not included
+        self._text: str | None = None  # the example in progress (being cut into pieces)
+        self._off = 0  # characters of it already handed out
+        self._more = False  # its document goes on in the next example
+        self._resume_off = 0  # after restore(): characters of the next example already out
+        self._in_doc = False  # a document has started and not ended
+        self._flagged = False  # the current document was counted in utf8_replaced
         self._warned_utf8 = False
         self._check_first_example()
 
@@ -258,6 +97,8 @@ class SourceStream:
             ds = concatenate_datasets([ds.shard(n, int(p)) for p in rng.permutation(n)])
         if self.process_count > 1:
             ds = split_dataset_by_node(ds, self.process_index, self.process_count)
+        if ds is self._base:  # a new object per epoch: a loaded state sticks to its object
+            ds = ds.shard(1, 0)
         return ds
 
     def _check_first_example(self) -> None:
@@ -267,67 +108,118 @@ class SourceStream:
         except DataError:
             raise
         except Exception as e:
-            raise DataError(f"source {self.label!r} cannot be read: {_one_line(e)}") from None
+            raise DataError(f"source {self.label!r} cannot be read: {one_line(e)}") from None
         where = f" on process {self.process_index} of {self.process_count}" * (
             self.process_count > 1
         )
         if first is None:
             raise DataError(f"source {self.label!r} is empty{where}: it yields no documents")
         if self.cfg.text_column not in first:
+            columns = [str(c) for c in first if not (self._joins and c == MORE)]
             raise DataError(
                 f"source {self.label!r} has no column {self.cfg.text_column!r}; its columns are "
-                f"{', '.join(map(str, first))}; set text_column"
+                f"{', '.join(columns)}; set text_column"
             )
 
-    def _extract(self, example: dict[str, Any]) -> str | None:
+    def _next_example(self) -> dict[str, Any] | None:
+        """The next raw example of this epoch, or None at its end."""
+        try:
+            if self._it is None:
+                self._ds = self.epoch_dataset(self.epoch)
+                if self._at is not None:
+                    self._ds.load_state_dict(copy.deepcopy(self._at))
+                self._it = iter(self._ds)
+                for _ in range(self._read):  # examples already read past `_at`
+                    next(self._it)
+            return next(self._it)
+        except StopIteration:
+            return None
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(
+                f"source {self.label!r} failed while reading (epoch {self.epoch}): {one_line(e)}"
+            ) from None
+
+    def _value(self, example: dict[str, Any]) -> tuple[str | None, bool]:
+        """(text, document goes on in the next example); text None for a missing value."""
         value = example.get(self.cfg.text_column)
         if isinstance(value, bytes):
             value = value.decode("utf-8", errors="replace")
-        if value is None or (isinstance(value, str) and not value.strip()):
-            self.stats["empty_skipped"] = self.stats.get("empty_skipped", 0) + 1
-            return None
-        if not isinstance(value, str):
+        if value is not None and not isinstance(value, str):
             raise DataError(
                 f"source {self.label!r}: column {self.cfg.text_column!r} holds "
                 f"{type(value).__name__}, not text; set text_column to a text column"
             )
-        if "\ufffd" in value:
-            self.stats["utf8_replaced"] = self.stats.get("utf8_replaced", 0) + 1
-            if not self._warned_utf8:
-                self._warned_utf8 = True
-                msg = (f"source {self.label!r}: bytes that are not UTF-8 were replaced by U+FFFD "
-                       "(documents affected are counted in Pipeline.stats['utf8_replaced'])")
-                log.warning(msg)
-                warnings.warn(msg, DataWarning, stacklevel=2)
-        return value
+        return value, bool(self._joins and example.get(MORE))
 
-    def next_text(self) -> str | None:
-        """The next non-empty document of this host, rolling over epochs when ``repeat``."""
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    def _start_example(self) -> bool:
+        """Read the next example into ``_text``; False at the end of the epoch."""
+        while True:
+            example = self._next_example()
+            if example is None:
+                return False
+            text, more = self._value(example)
+            if self._resume_off:  # restore(): the example in progress, already counted
+                self._text, self._off, self._more = text or "", self._resume_off, more
+                self._resume_off = 0
+                return True
+            if not self._in_doc and not more and (text is None or not text.strip()):
+                self._count("empty_skipped")
+                self._read += 1
+                continue
+            self._text, self._off, self._more = text or "", 0, more
+            return True
+
+    def next_piece(self) -> tuple[str, bool] | None:
+        """The next piece of this host's documents, rolling over epochs when ``repeat``."""
         while not self.exhausted:
-            if self._it is None:
-                self._ds = self.epoch_dataset(self.epoch)
-                if self._pending_ds_state is not None:
-                    self._ds.load_state_dict(self._pending_ds_state)
-                    self._pending_ds_state = None
-                self._it = iter(self._ds)
-            try:
-                example = next(self._it)
-            except StopIteration:
+            if self._text is None and not self._start_example():
                 self._end_epoch()
                 continue
-            except DataError:
-                raise
-            except Exception as e:
-                raise DataError(
-                    f"source {self.label!r} failed while reading (epoch {self.epoch}): "
-                    f"{_one_line(e)}"
-                ) from None
-            text = self._extract(example)
-            if text is not None:
+            text, o, size = self._text, self._off, self.piece_chars
+            assert text is not None
+            if len(text) - o > size:
+                end = find_cut(text, o, size)
+                piece, self._off = text[o:end], end
+                done = False
+            else:
+                piece, done = (text if o == 0 else text[o:]), True
+            last = done and not self._more
+            if not self._in_doc:
                 self.texts_in_epoch += 1
-                self.stats["documents"] = self.stats.get("documents", 0) + 1
-                return text
+                self._count("documents")
+                self._flagged = False
+            self._in_doc = not last
+            if "\ufffd" in piece and not self._flagged:
+                self._flagged = True
+                self._count("utf8_replaced")
+                self._warn_utf8()
+            if done:
+                self._text, self._off = None, 0
+                self._read += 1
+            return piece, last
         return None
+
+    def next_text(self) -> str | None:
+        """The next whole document (its pieces joined): for tools and tests, not for big data."""
+        parts: list[str] = []
+        while (piece := self.next_piece()) is not None:
+            parts.append(piece[0])
+            if piece[1]:
+                return "".join(parts)
+        return None
+
+    def _warn_utf8(self) -> None:
+        if not self._warned_utf8:
+            self._warned_utf8 = True
+            msg = (f"source {self.label!r}: bytes that are not UTF-8 were replaced by U+FFFD "
+                   "(documents affected are counted in Pipeline.stats['utf8_replaced'])")
+            log.warning(msg)
+            warnings.warn(msg, DataWarning, stacklevel=3)
 
     def _end_epoch(self) -> None:
         if self.texts_in_epoch == 0:
@@ -335,7 +227,8 @@ class SourceStream:
                 f"source {self.label!r} has no non-empty document in column "
                 f"{self.cfg.text_column!r} on process {self.process_index}"
             )
-        self._ds, self._it = None, None
+        self._ds, self._it, self._at, self._read = None, None, None, 0
+        self._in_doc = False
         if self.repeat:
             self.epoch += 1
             self.texts_in_epoch = 0
@@ -345,19 +238,28 @@ class SourceStream:
     # ------------------------------------------------------------------------------ state
 
     def state(self) -> dict[str, Any]:
-        """Where this stream stands: a JSON-serializable copy."""
-        ds_state = self._ds.state_dict() if self._ds is not None else self._pending_ds_state
+        """Where this stream stands: small and JSON-serializable (no text)."""
+        if self._ds is not None and self._text is None:  # between examples: count from here
+            self._at, self._read = self._ds.state_dict(), 0
         return {
             "epoch": self.epoch,
             "texts_in_epoch": self.texts_in_epoch,
             "exhausted": self.exhausted,
-            "datasets": copy.deepcopy(ds_state),
+            "datasets": self._at,
+            "skip": self._read,
+            "offset": self._off if self._text is not None else self._resume_off,
+            "in_doc": self._in_doc,
+            "flagged": self._flagged,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from ``state()``; the epoch's stream is rebuilt lazily on the next read."""
+        """Continue from ``state()``; the epoch's stream is reopened lazily on the next read."""
         self.epoch = int(state["epoch"])
         self.texts_in_epoch = int(state["texts_in_epoch"])
         self.exhausted = bool(state["exhausted"])
-        self._pending_ds_state = copy.deepcopy(state["datasets"])
-        self._ds, self._it = None, None
+        self._at = copy.deepcopy(state["datasets"])
+        self._read = int(state["skip"])
+        self._resume_off = int(state["offset"])
+        self._in_doc = bool(state["in_doc"])
+        self._flagged = bool(state["flagged"])
+        self._ds, self._it, self._text, self._off = None, None, None, 0

@@ -1,9 +1,10 @@
-"""The document stream: a seeded weighted mixture of sources, then a seeded shuffle buffer.
+"""The document stream: a seeded weighted mixture of sources, as a stream of pieces.
 
-Both are ours rather than `datasets`' (``interleave_datasets``, ``IterableDataset.shuffle``)
-because ours put their *whole* state — which sources are left, the RNG states and the texts
-sitting in the buffer — into ``state()``, and so resume exactly; `datasets`' shuffle buffer
-loses and reorders documents on resume (DESIGN.md).
+Ours rather than `datasets`' ``interleave_datasets`` because ours puts its whole state (which
+sources are left, the RNG state, which source is in the middle of a document) into
+``state()``, and so resumes exactly. There is no document shuffle buffer: it held document
+texts (gigabytes for a long document repeated over epochs) and shuffled nothing within a
+document; packed rows are shuffled instead, after the packer (``producer.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import numpy as np
 
 from jaxlm.data.sources import SourceStream
 
-_TAG_MIX, _TAG_BUFFER = 1, 2  # RNG stream tags
+_TAG_MIX = 1  # RNG stream tag
+
+Piece = tuple[str, bool]  # (text, ends its document)
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
@@ -36,79 +39,72 @@ def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
 
 
 class DocumentStream:
-    """Documents of several sources, mixed by weight and shuffled, on one host.
+    """Documents of several sources, mixed by weight, on one host, as pieces.
 
-    Mixture: each document is drawn from source *i* with probability ``w_i / sum(w)`` (weights
-    count documents, as in ``datasets.interleave_datasets``); an exhausted source (only when
-    ``repeat`` is off) leaves the draw. Shuffle: a buffer of ``buffer_size`` texts; each output
-    is a uniformly random member, replaced by the next input; at the end the buffer drains in
-    random order.
+    Each document is drawn from source *i* with probability ``w_i / sum(w)`` (weights count
+    documents, as in ``datasets.interleave_datasets``); all its pieces follow before the next
+    draw. An exhausted source (only when ``repeat`` is off) leaves the draw.
     """
 
-    def __init__(
-        self, sources: list[SourceStream], weights: list[float], seed: int, process_index: int,
-        shuffle: bool, buffer_size: int,
-    ) -> None:
+    def __init__(self, sources: list[SourceStream], weights: list[float], seed: int,
+                 process_index: int) -> None:
         self.sources = sources
         self.weights = np.asarray(weights, dtype=np.float64)
-        self.shuffle = shuffle
-        self.buffer_size = buffer_size
         self.mix_rng = np.random.default_rng([seed, process_index, _TAG_MIX])
-        self.buffer_rng = np.random.default_rng([seed, process_index, _TAG_BUFFER])
-        self.buffer: list[str] = []
+        self.current: int | None = None  # the source in the middle of a document
 
-    def _draw(self) -> str | None:
-        """The next document of the mixture (before shuffling); None when all are exhausted."""
+    def _draw(self) -> int | None:
+        live = [i for i, s in enumerate(self.sources) if not s.exhausted]
+        if not live:
+            return None
+        if len(self.sources) == 1:
+            return 0
+        cum = np.cumsum(self.weights[live])
+        k = int(np.searchsorted(cum, self.mix_rng.random() * cum[-1], side="right"))
+        return live[min(k, len(live) - 1)]
+
+    def next_piece(self) -> Piece | None:
+        """The next piece, or None at the end of a finite stream."""
         while True:
-            live = [i for i, s in enumerate(self.sources) if not s.exhausted]
-            if not live:
+            i = self.current if self.current is not None else self._draw()
+            if i is None:
                 return None
-            if len(self.sources) == 1:
-                i = 0
-            else:
-                cum = np.cumsum(self.weights[live])
-                k = int(np.searchsorted(cum, self.mix_rng.random() * cum[-1], side="right"))
-                i = live[min(k, len(live) - 1)]
-            text = self.sources[i].next_text()
-            if text is not None:
-                return text
+            piece = self.sources[i].next_piece()
+            if piece is None:  # exhausted between documents: draw again
+                self.current = None
+                continue
+            self.current = None if piece[1] else i
+            return piece
+
+    def take(self, max_pieces: int, max_chars: int) -> list[Piece]:
+        """Pieces until ``max_pieces`` or ``max_chars``; fewer only at the end of the stream."""
+        out: list[Piece] = []
+        chars = 0
+        while len(out) < max_pieces and chars < max_chars:
+            piece = self.next_piece()
+            if piece is None:
+                break
+            out.append(piece)
+            chars += len(piece[0])
+        return out
 
     def next_text(self) -> str | None:
-        """The next document to tokenize, or None at the end of a finite stream."""
-        if not self.shuffle:
-            return self._draw()
-        while len(self.buffer) < self.buffer_size:
-            text = self._draw()
-            if text is None:
-                break
-            self.buffer.append(text)
-        if not self.buffer:
-            return None
-        i = int(self.buffer_rng.integers(len(self.buffer)))
-        out = self.buffer[i]
-        self.buffer[i] = self.buffer[-1]
-        self.buffer.pop()
-        return out
-
-    def take(self, n: int) -> list[str]:
-        """Up to ``n`` documents; fewer only at the end of a finite stream."""
-        out: list[str] = []
-        while len(out) < n:
-            text = self.next_text()
-            if text is None:
-                break
-            out.append(text)
-        return out
+        """The next whole document (pieces joined): for tools and tests, not for big data."""
+        parts: list[str] = []
+        while (piece := self.next_piece()) is not None:
+            parts.append(piece[0])
+            if piece[1]:
+                return "".join(parts)
+        return None
 
     # ------------------------------------------------------------------------------ state
 
     def state(self) -> dict[str, Any]:
-        """Sources, RNGs and the buffered texts (a shallow list copy; texts are immutable)."""
+        """Sources' positions, the mixture's RNG and the source mid-document: no text."""
         return {
             "sources": [s.state() for s in self.sources],
             "mix_rng": rng_state(self.mix_rng),
-            "buffer_rng": rng_state(self.buffer_rng),
-            "buffer": list(self.buffer),
+            "current": self.current,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -116,5 +112,4 @@ class DocumentStream:
         for src, st in zip(self.sources, state["sources"], strict=True):
             src.restore(st)
         set_rng_state(self.mix_rng, state["mix_rng"])
-        set_rng_state(self.buffer_rng, state["buffer_rng"])
-        self.buffer = list(state["buffer"])
+        self.current = state["current"]

@@ -198,6 +198,9 @@ def _train(run: Run) -> dict[str, Any]:
     t = cfg.train
     run_dir = Path(t.run_dir)
     profiler = StepProfiler(t.profile_steps, run_dir / "profile", t.steps)
+    # Data sources are opened (and bad input refused) before anything is written or restored.
+    pipe = build_pipeline(cfg.data, "train", run.local_batch, jax.process_index(),
+                          jax.process_count())
     ckpt = Checkpointer(cfg, run.tokenizer, log=lambda msg: _log(run, msg))
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
@@ -215,8 +218,6 @@ def _train(run: Run) -> dict[str, Any]:
               f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s), {t.steps} steps of {t.global_batch}x{cfg.data.seq_len} tokens")
 
-    pipe = build_pipeline(cfg.data, "train", run.local_batch, jax.process_index(),
-                          jax.process_count())
     ckpt.load_data_state(pipe, data_state)
     preemption = PreemptionWatcher()  # SIGTERM: save after this step and exit
     samples = t.sample_tokens > 0 and cfg.model.causal  # an encoder does not generate text
