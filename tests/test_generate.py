@@ -23,6 +23,7 @@ from jaxlm.generate import (
     place_params,
     sample_logits,
 )
+from jaxlm.generate.sampling import nucleus_threshold
 from jaxlm.models import DecoderLM
 from jaxlm.sharding import logical_rules, make_mesh
 
@@ -128,8 +129,8 @@ def test_sampling_filters_keep_only_the_allowed_tokens():
     keys = jax.random.split(jax.random.PRNGKey(0), 2000)
 
     def drawn(**kw):
-        settings = Sampling(1.0, **kw).arrays()
-        return set(np.asarray(jax.vmap(lambda k: sample_logits(logits, k, settings))(keys))
+        sampling = Sampling(1.0, **kw)
+        return set(np.asarray(jax.vmap(lambda k: sample_logits(logits, k, sampling))(keys))
                    .ravel().tolist())
 
     assert drawn() == {0, 1, 2, 3}
@@ -138,6 +139,16 @@ def test_sampling_filters_keep_only_the_allowed_tokens():
     assert drawn(top_p=0.81) == {1, 3, 2}
     assert drawn(top_k=3, top_p=0.99) == {1, 3, 2}
     assert drawn(top_p=0.5) == {1}
+
+
+def test_nucleus_bisection_keeps_what_sorting_keeps():
+    probs = np.asarray(jax.nn.softmax(2 * jax.random.normal(jax.random.PRNGKey(1), (16, 300))))
+    for top_p in (1e-6, 0.1, 0.5, 0.9, 0.99):
+        kept = probs >= np.asarray(nucleus_threshold(jnp.asarray(probs), top_p))
+        for row, keep in zip(probs, kept, strict=True):  # reference: sort, add up, cut
+            ranked = np.sort(row)[::-1]
+            n = max(int(np.sum(np.cumsum(ranked) - ranked < top_p)), 1)
+            assert keep.sum() == n and row[keep].min() == ranked[n - 1]
 
 
 @pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0},

@@ -84,8 +84,8 @@ class DecodeEngine:
     """Prefill and decode for one model config on one mesh (see the module docstring).
 
     Built once and reused: its jitted functions compile once per shape (rows, padded prompt
-    length, new tokens) and take the parameters as an argument, so a training run can
-    sample from its changing parameters without recompiling.
+    length, new tokens) and sampling setting, and take the parameters as an argument, so a
+    training run can sample from its changing parameters without recompiling.
     """
 
     def __init__(self, cfg: ModelConfig, mesh: Mesh, rules: Rules) -> None:
@@ -102,8 +102,9 @@ class DecodeEngine:
                                 out_shardings=(self.rows, cache))
         self._step = jax.jit(self._step_fn, donate_argnums=1, out_shardings=(self.rows, cache))
         self._zeros = jax.jit(self._zeros_fn, static_argnums=(0, 1), out_shardings=cache)
-        self._sample = jax.jit(self._sample_fn, out_shardings=self.replicated)
-        self._decode = jax.jit(self._decode_fn, static_argnums=8,
+        self._sample = jax.jit(self._sample_fn, static_argnums=3,
+                               out_shardings=self.replicated)
+        self._decode = jax.jit(self._decode_fn, static_argnums=(6, 8),
                                out_shardings=(self.replicated, self.replicated))
 
     # ------------------------------------------------------------------------ the cache
@@ -152,12 +153,12 @@ class DecodeEngine:
 
     @staticmethod
     def _sample_fn(logits: jax.Array, seed: jax.Array, i: jax.Array,
-                   settings: dict[str, Any]) -> jax.Array:
+                   sampling: Sampling) -> jax.Array:
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-        return sample_logits(logits, key, settings)  # (B,)
+        return sample_logits(logits, key, sampling)  # (B,)
 
     def _decode_fn(self, params: Any, cache: Any, first: jax.Array, lengths: jax.Array,
-                   done: jax.Array, seed: jax.Array, settings: dict[str, Any], eos: jax.Array,
+                   done: jax.Array, seed: jax.Array, sampling: Sampling, eos: jax.Array,
                    n_new: int) -> tuple[jax.Array, jax.Array]:
         """Tokens 1 .. n_new-1 after ``first`` (B,) under ``lax.while_loop``; returns all
         tokens (B, n_new) and how many were produced (the loop ends when every row is
@@ -171,7 +172,7 @@ class DecodeEngine:
         def step(carry: tuple) -> tuple:
             i, token, cache, done, out = carry
             logits, cache = self._step_fn(params, cache, token, lengths + i - 1)
-            token = self._sample_fn(logits, seed, i, settings)
+            token = self._sample_fn(logits, seed, i, sampling)
             out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
             return i + 1, token, cache, done | (token == eos), out
 
@@ -206,8 +207,19 @@ class DecodeEngine:
     def sample(self, logits: jax.Array, seed: int, i: int, sampling: Sampling) -> np.ndarray:
         """Token i (B,) drawn from ``logits``, on the host."""
         with activate(self.mesh, self.rules):
-            return np.asarray(self._sample(logits, np.int32(seed), np.int32(i),
-                                           sampling.arrays()))
+            return np.asarray(self._sample(logits, np.int32(seed), np.int32(i), sampling))
+
+    def decode(self, params: Any, cache: Any, first: np.ndarray, batch: PaddedBatch,
+               n_new: int, sampling: Sampling, seed: int = 0,
+               eos_id: int | None = None) -> np.ndarray:
+        """Tokens 0 .. n_new-1 of every row (B, n) on the host, from token 0 (``first``,
+        drawn from the prefill's logits) by the jitted while_loop; n < n_new when every
+        prompt row produced ``eos_id`` early (the rows keep going after their own EOS)."""
+        with activate(self.mesh, self.rules):
+            out, n = self._decode(params, cache, self._put(first), self._put(batch.lengths),
+                                  self._put(batch.lengths == 0), np.int32(seed), sampling,
+                                  np.int32(-1 if eos_id is None else eos_id), n_new)
+        return np.asarray(out)[:, :int(n)]
 
     def generate(self, params: Any, prompts: Sequence[Sequence[int]], n_new: int,
                  sampling: Sampling, seed: int = 0,
@@ -218,13 +230,8 @@ class DecodeEngine:
         batch = left_pad(prompts, self.row_multiple)
         logits, cache = self.prefill(params, batch, n_new)
         first = self.sample(logits, seed, 0, sampling)
-        with activate(self.mesh, self.rules):
-            out, n = self._decode(params, cache, self._put(first), self._put(batch.lengths),
-                                  self._put(batch.lengths == 0), np.int32(seed),
-                                  sampling.arrays(), np.int32(-1 if eos_id is None else eos_id),
-                                  n_new)
-        out = np.asarray(out)[:batch.n_prompts, :int(n)]
-        return [cut_at(row, eos_id) for row in out]
+        out = self.decode(params, cache, first, batch, n_new, sampling, seed, eos_id)
+        return [cut_at(row, eos_id) for row in out[:batch.n_prompts]]
 
     def stream(self, params: Any, prompt: Sequence[int], n_new: int, sampling: Sampling,
                seed: int = 0, eos_id: int | None = None) -> Iterator[int]:

@@ -1,15 +1,17 @@
 """Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus).
 
-The settings travel into the compiled decode step as arrays, not as static arguments, so
-changing them never recompiles: ``temperature`` 0 is greedy (argmax); ``top_k`` 0 and
-``top_p`` 1 switch those filters off. Top-k is applied first, then top-p keeps the smallest
-set of the most likely tokens whose probability reaches ``top_p`` (always at least one).
+The settings are static in the compiled decode step (:class:`Sampling` is hashable), so each
+computes only what it needs: greedy is an argmax; top-k keeps the logits at or above the
+k-th largest (``lax.top_k``); top-p then keeps the smallest set of the most likely tokens
+whose probability reaches ``top_p`` (always at least one). A new setting compiles once more.
+
+Top-p finds its probability threshold by bisection, not by sorting the vocabulary: a full
+sort on XLA:CPU takes ~160 ms for 8 rows of 50k logits, the bisection a few masked sums.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,26 +39,35 @@ class Sampling:
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise GenerationError(f"top_p {self.top_p} must be in (0, 1]")
 
-    def arrays(self) -> dict[str, Any]:
-        """The settings as the arrays :func:`sample_logits` reads."""
-        return {"temperature": jnp.float32(self.temperature),
-                "top_k": jnp.int32(self.top_k or 0),
-                "top_p": jnp.float32(1.0 if self.top_p is None else self.top_p)}
 
 
-def sample_logits(logits: jax.Array, key: jax.Array, settings: dict[str, Any]) -> jax.Array:
-    """Next tokens (B,) int32 from logits (B, V) under ``Sampling.arrays()`` settings."""
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    vocab = logits.shape[-1]
-    scaled = logits.astype(jnp.float32) / jnp.maximum(settings["temperature"], 1e-6)
-    ranked = -jnp.sort(-scaled, axis=-1)  # (B, V) most likely first
-    k = jnp.where(settings["top_k"] > 0, jnp.minimum(settings["top_k"], vocab), vocab)
-    in_top_k = jnp.arange(vocab) < k  # (V,) over ranks
-    probs = jax.nn.softmax(jnp.where(in_top_k, ranked, -jnp.inf), axis=-1)  # (B, V)
-    before = jnp.cumsum(probs, axis=-1) - probs  # probability of the better-ranked tokens
-    kept = in_top_k & (before < settings["top_p"])  # (B, V); rank 0 always kept
-    n_kept = jnp.maximum(jnp.sum(kept, axis=-1, keepdims=True), 1)  # (B, 1)
-    threshold = jnp.take_along_axis(ranked, n_kept - 1, axis=-1)  # (B, 1) least kept logit
-    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-    return jnp.where(settings["temperature"] > 0, drawn, greedy)
+NUCLEUS_BISECTIONS = 32  # threshold to 2^-32 of the top probability: ties beyond f32's
+
+
+def nucleus_threshold(probs: jax.Array, top_p: float) -> jax.Array:
+    """(B, 1): the largest t whose tokens with probability >= t hold >= ``top_p`` of it."""
+
+    def halve(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bounds  # mass(lo) >= top_p, and the answer is below hi (or hi itself)
+        mid = (lo + hi) / 2
+        enough = jnp.sum(jnp.where(probs >= mid, probs, 0.0), -1, keepdims=True) >= top_p
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    top = jnp.max(probs, axis=-1, keepdims=True)
+    lo, _ = jax.lax.fori_loop(0, NUCLEUS_BISECTIONS, halve, (jnp.zeros_like(top), top))
+    return jnp.where(top >= top_p, top, lo)  # the most likely token alone suffices
+
+
+def sample_logits(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+    """Next tokens (B,) int32 from logits (B, V)."""
+    if sampling.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits.astype(jnp.float32) / sampling.temperature  # (B, V)
+    if sampling.top_k is not None and sampling.top_k < scaled.shape[-1]:
+        # min, not [:, -1:], which XLA:CPU rewrites from a top-k into a (50x slower) sort
+        kth = jnp.min(jax.lax.top_k(scaled, sampling.top_k)[0], axis=-1, keepdims=True)
+        scaled = jnp.where(scaled >= kth, scaled, -jnp.inf)
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        probs = jax.nn.softmax(scaled, axis=-1)
+        scaled = jnp.where(probs >= nucleus_threshold(probs, sampling.top_p), scaled, -jnp.inf)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
