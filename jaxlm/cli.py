@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -94,7 +95,7 @@ def read_prompts(prompts: list[str], file: str | None) -> list[str]:
         raise GenerationError("give a prompt, --file FILE (one prompt per line), or pipe "
                               "prompts on stdin")
     try:
-        text = sys.stdin.read() if file in (None, "-") else open(file, encoding="utf-8").read()
+        text = sys.stdin.read() if file in (None, "-") else Path(file).read_text("utf-8")
     except OSError as e:
         raise GenerationError(f"cannot read --file {file}: {e.strerror}") from None
     lines = [line for line in text.splitlines() if line.strip()]
