@@ -4,6 +4,8 @@
     jaxlm finetune [CONFIG.yaml] [key=value ...]        a backbone + fresh head on labeled data
     jaxlm predict RUN_DIR "text" ... [--file F] [--jsonl]   label texts with a fine-tuned run
     jaxlm evaluate RUN_DIR --data FILE                  metrics of a fine-tuned run on a file
+    jaxlm generate SOURCE "prompt" ... [--max-new-tokens N] [--temperature T] [--top-k K]
+                   [--top-p P] [--seed S] [--stop STR] [--file F] [--jsonl]   continue text
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
     jaxlm tensorboard RUN_DIR [--port P] [--host 127.0.0.1]   view a run's metrics and traces
     jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N]   params only, for fine-tuning/inference
@@ -18,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -82,6 +85,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_prompts(prompts: list[str], file: str | None) -> list[str]:
+    """Prompts from the command line, else one per non-blank line of ``file`` or stdin."""
+    from jaxlm.generate import GenerationError
+
+    if prompts:
+        return prompts
+    if file is None and sys.stdin.isatty():
+        raise GenerationError("give a prompt, --file FILE (one prompt per line), or pipe "
+                              "prompts on stdin")
+    try:
+        text = sys.stdin.read() if file in (None, "-") else Path(file).read_text("utf-8")
+    except OSError as e:
+        raise GenerationError(f"cannot read --file {file}: {e.strerror}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise GenerationError(f"no prompts in {file or 'stdin'}")
+    return lines
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from jaxlm.generate import Generator, Sampling
+
+    sampling = Sampling(args.temperature, args.top_k or None, args.top_p)  # checks them
+    prompts = read_prompts(args.prompts, args.file)
+    generator = Generator.load(args.source)
+    kw = {"max_new_tokens": args.max_new_tokens, "sampling": sampling, "seed": args.seed,
+          "stop": args.stop or ()}
+    if len(prompts) == 1 and not args.jsonl:  # one prompt: print tokens as they come
+        pieces = generator.stream(prompts[0], **kw)  # checks the prompt first
+        print(prompts[0], end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    for i, c in enumerate(generator.generate(prompts, batch_size=args.batch_size, **kw)):
+        if args.jsonl:
+            print(json.dumps({"prompt": c.prompt, "completion": c.text,
+                              "tokens": len(c.token_ids), "finish_reason": c.finish_reason}),
+                  flush=True)
+        else:  # a blank line between results
+            print(("\n" if i else "") + c.prompt + c.text, flush=True)
+    return 0
+
+
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from jaxlm.data.tokenizer import train_tokenizer
 
@@ -138,6 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint step (default: the best one)")
         pr.add_argument("--batch-size", type=int, default=64)
         pr.set_defaults(func=cmd_predict if name == "predict" else cmd_evaluate)
+
+    g = sub.add_parser("generate", help="continue text with a pretrained decoder (KV cache)")
+    g.add_argument("source", help="run directory, checkpoint step directory or export directory")
+    g.add_argument("prompts", nargs="*", help="prompts (none: --file or stdin); one prompt "
+                   "streams its tokens as they come")
+    g.add_argument("--max-new-tokens", type=int, default=64,
+                   help="at most this many new tokens (and never past the model's context)")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=40, help="sample from the K most likely; 0 = all")
+    g.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: the most likely tokens holding P of the probability")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", help="stop at this text (not printed); repeatable")
+    g.add_argument("--file", help="a text file, one prompt per line ('-' = stdin)")
+    g.add_argument("--jsonl", action="store_true",
+                   help="one JSON object per prompt: prompt, completion, tokens, finish_reason")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts decoded at once")
+    g.set_defaults(func=cmd_generate)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)

@@ -9,6 +9,11 @@ Two interchangeable implementations of the core, chosen by ``impl``:
 Grouped-query attention (``num_kv_heads < num_heads``) shares each K/V head among a group of
 query heads. Packed sequences pass ``segment_ids`` so no token attends across a document
 boundary.
+
+Decode mode (``decode=True``, for generation) keeps a fixed-size KV cache in the Linen
+``cache`` collection: each call writes its keys and values at the cache index and attends
+over every slot written so far. Its length is that of the input the model was initialised
+with in decode mode; training never creates it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import jax.numpy as jnp
 from jaxlm.models.layers import apply_rope, dense, einsum_f32
 
 Impl = Literal["xla", "dot_product", "cudnn"]
+CACHE_AXES = ("act_batch", "act_len", "kv_heads", "head_dim")  # logical axes of cached K/V
 
 
 def attention_mask(
@@ -30,11 +36,16 @@ def attention_mask(
     causal: bool,
     q_segment_ids: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
+    q_start: jax.Array | int | None = None,
 ) -> jax.Array | None:
-    """Boolean mask (B or 1, 1, Lq, Lk): True where query i may attend to key j."""
+    """Boolean mask (B or 1, 1, Lq, Lk): True where query i may attend to key j.
+
+    ``q_start``: the key index of the first query; by default the queries are the last Lq
+    keys (``Lk - Lq``), a KV cache passes its write index.
+    """
     mask = None
-    if causal:  # query i sits at absolute index i + (Lk - Lq) (a suffix of the keys)
-        qi = jnp.arange(q_len)[:, None] + (kv_len - q_len)
+    if causal:  # query i sits at key index q_start + i
+        qi = jnp.arange(q_len)[:, None] + (kv_len - q_len if q_start is None else q_start)
         mask = (qi >= jnp.arange(kv_len)[None, :])[None, None]  # (1, 1, Lq, Lk)
     if q_segment_ids is not None:
         kv_seg = q_segment_ids if kv_segment_ids is None else kv_segment_ids
@@ -75,7 +86,8 @@ class MultiHeadAttention(nn.Module):
     (2, 16, 64)
 
     ``positions`` (B, L) feed RoPE when ``rope_theta`` is set; ``segment_ids`` (B, L) keep
-    packed documents apart (0 marks padding).
+    packed documents apart (0 marks padding). ``decode=True`` reads and extends the KV cache
+    (self-attention only; see the module docstring).
     """
 
     num_heads: int
@@ -95,6 +107,7 @@ class MultiHeadAttention(nn.Module):
         v_in: jax.Array,  # (B, Lk, D)
         positions: jax.Array | None = None,  # (B, Lq); also used for keys when Lk == Lq
         segment_ids: jax.Array | None = None,  # (B, Lq)
+        decode: bool = False,
     ) -> jax.Array:  # (B, Lq, D)
         d_model = q_in.shape[-1]
         h, hkv = self.num_heads, self.num_kv_heads or self.num_heads
@@ -115,8 +128,42 @@ class MultiHeadAttention(nn.Module):
                 positions = jnp.broadcast_to(jnp.arange(q_in.shape[1]), q_in.shape[:2])
             q = apply_rope(q, positions, self.rope_theta)
             k = apply_rope(k, positions, self.rope_theta)
-        mask = attention_mask(q.shape[1], k.shape[1], self.causal, segment_ids)
+        if decode:  # attend over the cache: every slot written so far, this call's included
+            if segment_ids is None:
+                segment_ids = jnp.ones(q.shape[:2], jnp.int32)
+            k, v, kv_segment_ids, q_start = self._extend_cache(k, v, segment_ids)
+            mask = attention_mask(q.shape[1], k.shape[1], self.causal, segment_ids,
+                                  kv_segment_ids, q_start)
+        else:
+            mask = attention_mask(q.shape[1], k.shape[1], self.causal, segment_ids)
         out = dot_product_attention(q, k, v, mask, self.impl)  # (B, Lq, H, Dh)
         return dense(d_model, ("heads", "head_dim", "embed"), in_axes=2, name="out", **kw)(
             out
         )  # (B, Lq, D)
+
+    def _extend_cache(
+        self, k: jax.Array, v: jax.Array, segment_ids: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | int]:
+        """Write this call's keys and values (B, Lq, Hkv, Dh) at the cache index; return the
+        whole cache (B, T, Hkv, Dh) x2, the segment ids of its slots (B, T) (0: padding, or
+        not written yet) and the slot of the first query.
+
+        Keys are cached after RoPE, so each keeps the position it was given. The first call
+        (``init``) only creates the cache, T long, and attends over its own input.
+        """
+        initialised = self.has_variable("cache", "cached_key")
+        zeros = lambda axes: nn.with_logical_partitioning(jnp.zeros, axes)  # noqa: E731
+        key = self.variable("cache", "cached_key", zeros(CACHE_AXES), k.shape, k.dtype)
+        value = self.variable("cache", "cached_value", zeros(CACHE_AXES), v.shape, v.dtype)
+        segments = self.variable("cache", "cached_segment_ids", zeros(CACHE_AXES[:2]),
+                                 segment_ids.shape, jnp.int32)
+        index = self.variable("cache", "cache_index", jnp.zeros, (), jnp.int32)
+        if not initialised:
+            return k, v, segment_ids, 0
+        i = index.value
+        key.value = jax.lax.dynamic_update_slice(key.value, k, (0, i, 0, 0))
+        value.value = jax.lax.dynamic_update_slice(value.value, v, (0, i, 0, 0))
+        segments.value = jax.lax.dynamic_update_slice(
+            segments.value, segment_ids.astype(jnp.int32), (0, i))
+        index.value = i + k.shape[1]
+        return key.value, value.value, segments.value, i

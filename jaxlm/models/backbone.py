@@ -11,7 +11,8 @@ config's feature flags (resolved once from ``model.family``), never by the famil
   ``norm(x + attn(x))``, ``norm(x + mlp(x))`` with exact GELU, no final norm; bidirectional.
 
 Heads (LM, masked-LM, classification) live in :mod:`jaxlm.models.heads`.
-Shapes: B batch, L sequence, D d_model.
+Shapes: B batch, L sequence, D d_model. ``decode=True`` (generation) makes every attention
+layer read and extend its KV cache (see :mod:`jaxlm.models.attention`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Block(nn.Module):
 
     cfg: ModelConfig
     deterministic: bool = True
+    decode: bool = False  # attention reads and extends its KV cache
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
@@ -56,7 +58,8 @@ class Block(nn.Module):
         drop = nn.Dropout(cfg.dropout)
 
         h = attn_norm(x) if pre else x
-        h = attention(h, h, h, positions=positions, segment_ids=segment_ids)  # (B, L, D)
+        h = attention(h, h, h, positions=positions, segment_ids=segment_ids,
+                      decode=self.decode)  # (B, L, D)
         x = x + drop(h, deterministic=self.deterministic)
         x = x if pre else attn_norm(x)
 
@@ -71,7 +74,8 @@ class Backbone(nn.Module):
 
     ``positions`` (B, L): position of each token within its document (default 0..L-1);
     ``segment_ids`` (B, L): packed-document ids, 0 = padding (attention never crosses them);
-    ``token_types`` (B, L): sentence A/B ids where ``type_vocab_size`` > 0 (default all 0).
+    ``token_types`` (B, L): sentence A/B ids where ``type_vocab_size`` > 0 (default all 0);
+    ``decode``: generation with the KV cache (positions then say where each token really is).
     """
 
     cfg: ModelConfig
@@ -84,6 +88,7 @@ class Backbone(nn.Module):
         segment_ids: jax.Array | None = None,  # (B, L)
         token_types: jax.Array | None = None,  # (B, L)
         train: bool = False,
+        decode: bool = False,
     ) -> jax.Array:
         cfg = resolve_dtype(self.cfg)  # dtype: auto → bf16 or f32 for this hardware
         if positions is None:
@@ -108,22 +113,23 @@ class Backbone(nn.Module):
         x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
 
         block = Block
-        if cfg.remat != "none":
+        if cfg.remat != "none" and not decode:  # nothing to recompute without a backward pass
             block = nn.remat(
                 Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers
             )
         if cfg.scan_layers:  # one compiled block, parameters stacked on a leading 'layers' axis
             x, _ = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast),
                 length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, deterministic=not train, name="blocks")(x, positions, segment_ids)
+            )(cfg, deterministic=not train, decode=decode, name="blocks")(x, positions,
+                                                                          segment_ids)
         else:
             for i in range(cfg.n_layers):
-                x, _ = block(cfg, deterministic=not train, name=f"block_{i}")(
+                x, _ = block(cfg, deterministic=not train, decode=decode, name=f"block_{i}")(
                     x, positions, segment_ids
                 )
 

@@ -28,15 +28,19 @@ def _embedding_table(backbone: Backbone) -> jax.Array:
 
 
 class DecoderLM(nn.Module):
-    """Causal language model: tokens (B, L) → logits (B, L, V) in f32."""
+    """Causal language model: tokens (B, L) → logits (B, L, V) in f32.
+
+    ``decode=True`` runs on the KV cache (the ``cache`` collection), for :mod:`jaxlm.generate`.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
+                 segment_ids: jax.Array | None = None, train: bool = False,
+                 decode: bool = False) -> jax.Array:
         backbone = Backbone(self.cfg, name="backbone")
-        h = backbone(tokens, positions, segment_ids, train=train)  # (B, L, D)
+        h = backbone(tokens, positions, segment_ids, train=train, decode=decode)  # (B, L, D)
         table = _embedding_table(backbone) if self.cfg.tie_embeddings else None
         return LMHead(self.cfg, name="lm_head")(h, table)  # (B, L, V)
 

@@ -24,7 +24,7 @@ from jaxlm.data.pipeline import build_pipeline, check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
 from jaxlm.distributed import start as start_process
 from jaxlm.errors import TrainingError
-from jaxlm.generate import sample
+from jaxlm.generate import Generator, Sampling
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models import param_count
 from jaxlm.models.layers import resolve_dtype
@@ -60,6 +60,7 @@ class Run:
     train_step: Any
     eval_step: Any
     tokenizer: Any
+    generator: Generator | None = None  # for samples; built once, on the first one
 
     @property
     def primary(self) -> bool:
@@ -117,12 +118,25 @@ def evaluate(run: Run) -> dict[str, float] | None:
     return run.task.eval_metrics(totals)
 
 
+SAMPLE_SETTINGS = Sampling(temperature=0.8, top_k=40)  # the samples logged during training
+
+
+def sample_generator(run: Run) -> Generator:
+    """The run's generator on its mesh, built once so every sample reuses its compiled steps."""
+    if run.generator is None:
+        ids = special_ids(run.tokenizer)
+        run.generator = Generator(run.cfg.model, run.state.params, run.tokenizer, run.mesh,
+                                  run.rules, bos_id=ids.bos, eos_id=ids.eos)
+    return run.generator
+
+
 def generate_sample(run: Run, prompt: str, n_tokens: int) -> str:
-    ids = special_ids(run.tokenizer)
-    prompt_ids = ([ids.eos] if ids.eos is not None else []) + run.tokenizer.encode(prompt).ids
-    new = sample(run.task.model, run.state.params, prompt_ids, n_tokens, seed=run.cfg.train.seed,
-                 eos_id=ids.eos)
-    return prompt + run.tokenizer.decode(new)
+    """``prompt`` continued by up to ``n_tokens`` tokens of the current parameters."""
+    generator = sample_generator(run)
+    generator.params = run.state.params
+    [completion] = generator.generate([prompt], n_tokens, SAMPLE_SETTINGS,
+                                      seed=run.cfg.train.seed)
+    return prompt + completion.text
 
 
 def divergence_error(state: TrainState, ckpt: Checkpointer,
@@ -221,6 +235,8 @@ def _train(run: Run) -> dict[str, Any]:
     ckpt.load_data_state(pipe, data_state)
     preemption = PreemptionWatcher()  # SIGTERM: save after this step and exit
     samples = t.sample_tokens > 0 and cfg.model.causal  # an encoder does not generate text
+    if samples:  # a sample prompt that does not fit fails now, not at the first eval
+        sample_generator(run).encode(t.sample_prompt, "train.sample_prompt")
     start = int(run.state.step)
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (run.primary and cfg.logging.progress))
