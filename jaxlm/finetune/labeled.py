@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from jaxlm.config import LabeledDataConfig
-from jaxlm.data.sources import DataError, _one_line, detect_format
+from jaxlm.data.errors import DataError
+from jaxlm.data.loading import detect_format, one_line
 from jaxlm.data.tokenizer import special_ids
 
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"),
@@ -80,7 +81,7 @@ def _read_local(files: list[str], fmt: str) -> Any:
         return datasets.load_dataset(builder, data_files={"split": files}, split="split",
                                      keep_in_memory=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-        raise DataError(f"cannot read labeled data {files[0]}: {_one_line(e)}") from None
+        raise DataError(f"cannot read labeled data {files[0]}: {one_line(e)}") from None
 
 
 def _read_hub(d: LabeledDataConfig, split: str) -> Any:
@@ -91,17 +92,17 @@ def _read_hub(d: LabeledDataConfig, split: str) -> Any:
     except (ConnectionError, TimeoutError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise DataError(
-            f"hub dataset {d.path!r} cannot be reached ({_one_line(e)}); this machine may be "
+            f"hub dataset {d.path!r} cannot be reached ({one_line(e)}); this machine may be "
             "offline: point finetune.data.path at local csv/jsonl/parquet files"
             + ("" if offline else " (HF_HUB_OFFLINE=1 fails fast instead of retrying)")
         ) from None
     except ValueError as e:
         if "split" in str(e).lower():
             raise KeyError(split) from None
-        raise DataError(f"hub dataset {d.path!r} split {split!r}: {_one_line(e)}") from None
+        raise DataError(f"hub dataset {d.path!r} split {split!r}: {one_line(e)}") from None
     except Exception as e:  # noqa: BLE001
         raise DataError(f"hub dataset {d.path!r} (name={d.name!r}) cannot be loaded: "
-                        f"{_one_line(e)}; if it is a local path, it does not exist") from None
+                        f"{one_line(e)}; if it is a local path, it does not exist") from None
 
 
 def load_splits(d: LabeledDataConfig, seed: int) -> Splits:

@@ -20,8 +20,8 @@ import numpy as np
 from jaxlm.checkpoint import abstract_like, open_manager
 from jaxlm.checkpoint_compat import CheckpointError
 from jaxlm.config import from_dict
+from jaxlm.data.errors import DataError
 from jaxlm.data.pipeline import to_global
-from jaxlm.data.sources import DataError
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.export import load_params

@@ -21,8 +21,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from jaxlm.config import Config
+from jaxlm.data.errors import DataError
 from jaxlm.data.pipeline import check_vocab, to_global
-from jaxlm.data.sources import DataError
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.distributed import start as start_process
 from jaxlm.finetune.backbone import BackboneSource, backbone_model_config, resolve_backbone
