@@ -4,6 +4,7 @@
     jaxlm finetune [CONFIG.yaml] [key=value ...]        a backbone + fresh head on labeled data
     jaxlm predict RUN_DIR "text" ... [--file F] [--jsonl]   label texts with a fine-tuned run
     jaxlm evaluate RUN_DIR --data FILE                  metrics of a fine-tuned run on a file
+    jaxlm plan CONFIG [key=value ...] --devices N --device-kind KIND --hbm-gib G   will it fit
     jaxlm generate SOURCE "prompt" ... [--max-new-tokens N] [--temperature T] [--top-k K]
                    [--top-p P] [--seed S] [--stop STR] [--file F] [--jsonl]   continue text
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
@@ -59,6 +60,34 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(cfg)
     if args.json:
         print(json.dumps(result))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import re
+
+    from jaxlm.errors import UserError
+
+    if args.devices < 1:
+        raise UserError(f"--devices {args.devices} must be at least 1")
+    if "jax" in sys.modules:  # in-process (tests): the device count is already fixed
+        import jax
+
+        if jax.device_count() != args.devices:
+            raise UserError(f"--devices {args.devices}: this process already has "
+                            f"{jax.device_count()} devices; run `jaxlm plan` in a new process")
+    else:  # simulate the devices: fake CPU devices, set before jax is imported
+        flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                       os.environ.get("XLA_FLAGS", ""))
+        os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count="
+                                   f"{args.devices}").strip()
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    cfg = _config(args)
+    if not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu {args.mfu} must be in (0, 1]")
+    from jaxlm.plan import plan
+
+    print(plan(cfg, args.device_kind, args.hbm_gib, args.mfu))
     return 0
 
 
@@ -167,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.epochs=5")
     ft.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     ft.set_defaults(func=cmd_finetune)
+
+    pl = sub.add_parser("plan", help="memory per device and step time of a config, before "
+                        "launching it (nothing is allocated)")
+    pl.add_argument("config", nargs="?", help="YAML config (see configs/pretrain/)")
+    pl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. mesh.fsdp=8")
+    pl.add_argument("--devices", type=int, default=1, help="devices to plan for (simulated)")
+    pl.add_argument("--device-kind", default="cpu",
+                    help="e.g. 'TPU v5e', 'TPU v5p', 'H100', 'A100' (for the peak FLOP/s)")
+    pl.add_argument("--hbm-gib", type=float, default=None,
+                    help="memory per device; when given, say whether it fits and what would")
+    pl.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step time")
+    pl.set_defaults(func=cmd_plan)
 
     for name, helptext in (("predict", "label texts with a fine-tuned run"),
                            ("evaluate", "metrics of a fine-tuned run on a labeled file")):
