@@ -7,11 +7,12 @@ the bytes per device: parameters and optimizer state (from their shardings), and
 temporaries (activations, gradients). With the device's peak FLOP/s (the table in
 :mod:`jaxlm.profiling`) and an assumed MFU it estimates the step time. When the step does not
 fit ``--hbm-gib``, it tries the usual remedies in order of cost — shard parameters and
-optimizer state over more devices (FSDP), rematerialise activations, split the batch into
-microbatches — and proposes the first that fits.
+optimizer state over more devices (FSDP), split the batch into microbatches, rematerialise
+activations — and proposes the first that fits.
 
-The CPU compiler's buffer assignment is not the TPU's or GPU's, so the figures are estimates
-(typically within tens of percent); they answer "does it fit, roughly, and what to change".
+The CPU compiler's fusion and buffer assignment are not the TPU's or GPU's, so the figures
+are estimates (not yet checked against a real accelerator here); they answer "does it fit,
+roughly, and what would make it fit".
 """
 
 from __future__ import annotations
@@ -89,27 +90,32 @@ def _with(cfg: Config, section: str, **values: Any) -> Config:
 
 
 def remedies(cfg: Config, devices: int) -> list[tuple[list[str], Config]]:
-    """Changes to try, cheapest first: FSDP over more devices, remat, microbatches."""
+    """Changes to try, cheapest first: shard parameters and optimizer state over all devices
+    (FSDP: no extra compute), then more microbatches (a little less efficiency each), then
+    full rematerialisation (about a third more compute) with microbatches again."""
     out: list[tuple[list[str], Config]] = []
     m, t = cfg.mesh, cfg.train
     tensor = m.tensor if m.tensor != -1 else 1
     fsdp_max = devices // tensor
-    base = cfg
+    base, fs = cfg, []
     if m.fsdp != -1 and m.fsdp < fsdp_max:
+        fs = [f"mesh.data=1 mesh.fsdp={fsdp_max}"]
         base = _with(cfg, "mesh", data=1, fsdp=-1)
-        out.append(([f"mesh.data=1 mesh.fsdp={fsdp_max}"], base))
-    fs = [] if base is cfg else [f"mesh.data=1 mesh.fsdp={fsdp_max}"]
-    for remat in ("dots", "full"):
-        if ["none", "dots", "full"].index(remat) > ["none", "dots", "full"].index(cfg.model.remat):
-            base = _with(base, "model", remat=remat)
-            out.append(([*fs, f"model.remat={remat}"], base))
-    remat = [] if base.model.remat == cfg.model.remat else [f"model.remat={base.model.remat}"]
-    accum, micro = t.grad_accum, t.global_batch // t.grad_accum
+        out.append((fs, base))
     dp = devices // tensor
-    while micro % 2 == 0 and (micro // 2) % dp == 0 and micro // 2 >= dp:
-        accum, micro = accum * 2, micro // 2
-        out.append(([*fs, *remat, f"train.grad_accum={accum}"],
-                    _with(base, "train", grad_accum=accum)))
+
+    def accumulate(start: Config, prefix: list[str]) -> None:
+        accum, micro = t.grad_accum, t.global_batch // t.grad_accum
+        while micro % 2 == 0 and (micro // 2) % dp == 0:
+            accum, micro = accum * 2, micro // 2
+            out.append(([*prefix, f"train.grad_accum={accum}"],
+                        _with(start, "train", grad_accum=accum)))
+
+    accumulate(base, fs)
+    if cfg.model.remat != "full":
+        full = _with(base, "model", remat="full")
+        out.append(([*fs, "model.remat=full"], full))
+        accumulate(full, [*fs, "model.remat=full"])
     return out
 
 

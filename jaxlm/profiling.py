@@ -2,8 +2,9 @@
 
 * **Peak FLOP/s per device** comes from a table of known TPU and GPU types (dense bf16, as
   the vendors publish it); on CPU there is no such number, so it is *measured* once per
-  process with a bf16×bf16→f32 matmul (the fastest dot XLA:CPU has) and divided among the
-  local CPU devices, since fake devices share the same cores.
+  machine at the matmul plateau (bf16×bf16→f32 and f32 matmuls up to 4096², before any
+  training work starts; cached in ``~/.cache/jaxlm``) and divided among the local CPU
+  devices, since fake devices share the same cores. ``logging.peak_tflops`` overrides it.
 * **MFU** = model FLOPs per second per device / peak. Model FLOPs come from
   :func:`jaxlm.models.flops.flops_per_token`, the one place they are counted.
 * **Traces**: ``train.profile_steps=[a, b]`` records steps a..b (inclusive, numbered as they
@@ -18,6 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -74,25 +79,40 @@ def table_peak_flops(device_kind: str) -> float | None:
     return next((flops for name, flops in PEAK_FLOPS if name in kind), None)
 
 
-@functools.cache
-def measure_cpu_peak_flops(budget_s: float = 0.8) -> float:
-    """FLOP/s of this host's CPU, measured once per process (cached): the best of a few
-    bf16×bf16→f32 and f32 matmuls, doubled in size (256 to 2048) until one takes 20 ms or a
-    quarter of ``budget_s`` is spent per dtype; well under a second of start-up. Both dtypes,
-    because CPUs without AMX / AVX512-BF16 run f32 faster (and ``model.dtype: auto`` then
-    computes in f32): the peak is the faster of the two.
+def _cpu_fingerprint() -> str:
+    """What the measured CPU peak depends on: the CPU model and matmul ISA, the core count,
+    the jax version and XLA flags (a peak is only reused on the same machine and software)."""
+    model, flags = platform.machine(), ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                      if ln.startswith("model name")), model)
+        have = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                         if ln.startswith("flags")), []))
+        flags = ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
+    except OSError:
+        pass
+    xla = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                 os.environ.get("XLA_FLAGS", "")).strip()
+    return f"{model}|{flags}|{os.cpu_count()}|jax {jax.__version__}|{xla}"
 
-    The whole machine's rate (XLA:CPU uses every core for one dot): divide by the number of
-    CPU devices in this process for a per-device figure (see :func:`peak_flops_per_device`).
-    """
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("JAXLM_CACHE", "~/.cache/jaxlm")).expanduser()
+
+
+def measure_matmul_plateau(max_n: int = 4096) -> float:
+    """FLOP/s of this host's CPU at the matmul plateau: for bf16×bf16→f32 and f32, square
+    matmuls of doubling size (512 up to ``max_n``) until the rate stops growing (< 5%); the
+    best of 3 timings at each size; the faster dtype's plateau. Several seconds."""
     dev = jax.local_devices(backend="cpu")[0]
     dims = (((1,), (0,)), ((), ()))
     matmul = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims,
                                                       preferred_element_type=jnp.float32))
     best = 0.0
     for dtype in (jnp.bfloat16, jnp.float32):
-        start, n = time.perf_counter(), 256
-        while True:
+        n, previous = 512, 0.0
+        while n <= max_n:
             a = jax.device_put(jnp.ones((n, n), dtype), dev)
             matmul(a, a).block_until_ready()  # compile and warm up
             fastest = float("inf")
@@ -100,11 +120,38 @@ def measure_cpu_peak_flops(budget_s: float = 0.8) -> float:
                 t = time.perf_counter()
                 matmul(a, a).block_until_ready()
                 fastest = min(fastest, time.perf_counter() - t)
-            best = max(best, 2 * n**3 / fastest)
-            if fastest > 0.02 or n >= 2048 or time.perf_counter() - start > budget_s / 4:
+            rate = 2 * n**3 / fastest
+            best = max(best, rate)
+            if rate < previous * 1.05:
                 break
-            n *= 2
+            previous, n = max(rate, previous), n * 2
     return best
+
+
+@functools.cache
+def measure_cpu_peak_flops() -> float:
+    """This host CPU's peak FLOP/s (the whole machine: XLA:CPU uses every core for one dot),
+    measured once per machine at the matmul plateau (:func:`measure_matmul_plateau`) and
+    cached in ``$JAXLM_CACHE`` (default ``~/.cache/jaxlm``) under the CPU model, core count,
+    jax version and XLA flags. Divide by the process's CPU devices for a per-device figure
+    (see :func:`peak_flops_per_device`)."""
+    key = _cpu_fingerprint()
+    path = cache_dir() / "cpu_peak_flops.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+        return float(cached[key])
+    peak = measure_matmul_plateau()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**cached, key: peak}, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache: measured again next time
+    return peak
 
 
 def peak_flops_per_device(override_tflops: float | None = None) -> float | None:

@@ -25,6 +25,7 @@ from jaxlm.models import flops_per_token, param_count
 from jaxlm.profiling import (
     StepProfiler,
     measure_cpu_peak_flops,
+    measure_matmul_plateau,
     peak_flops_per_device,
     table_peak_flops,
     throughput,
@@ -149,9 +150,23 @@ def test_peak_flops_table_and_cpu_measurement() -> None:
     start = time.perf_counter()
     host = measure_cpu_peak_flops()
     assert host > 1e8
-    assert measure_cpu_peak_flops() == host  # measured once per process
+    assert measure_cpu_peak_flops() == host  # measured once per machine (cached)
     assert peak_flops_per_device() == pytest.approx(host / 8)  # 8 fake devices share the CPU
     assert time.perf_counter() - start < 30  # generous: CI machines are shared
+
+
+def test_logged_mfu_is_honest(tiny_run: dict) -> None:
+    """The MFU logged during training never exceeds 1, and the peak it implies is within 20%
+    of a matmul-plateau measurement taken separately (so MFU is not inflated by a low peak)."""
+    rows = [json.loads(x) for x in (tiny_run["dir"] / "metrics.jsonl").read_text().splitlines()]
+    logged = [(r["train/tflops_per_device"], r["train/mfu"]) for r in rows if "train/mfu" in r]
+    assert logged and all(0 < mfu <= 1.0 for _, mfu in logged)
+    implied = {round(tflops * 1e12 / mfu, -6) for tflops, mfu in logged}
+    assert len(implied) == 1  # one peak for the whole run
+    plateau = measure_matmul_plateau() / 8  # 8 fake devices share the CPU
+    assert implied.pop() == pytest.approx(plateau, rel=0.2)
+    cache = Path(os.environ["JAXLM_CACHE"]) / "cpu_peak_flops.json"
+    assert list(json.loads(cache.read_text()).values())[0] == measure_cpu_peak_flops()
 
 
 def test_profile_steps_are_checked() -> None:

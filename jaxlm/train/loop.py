@@ -212,6 +212,8 @@ def _train(run: Run) -> dict[str, Any]:
     t = cfg.train
     run_dir = Path(t.run_dir)
     profiler = StepProfiler(t.profile_steps, run_dir / "profile", t.steps)
+    # The MFU denominator: on a CPU measured (once per machine, cached) before any other work.
+    peak_flops = peak_flops_per_device(cfg.logging.peak_tflops)
     # Data sources are opened (and bad input refused) before anything is written or restored.
     pipe = build_pipeline(cfg.data, "train", run.local_batch, jax.process_index(),
                           jax.process_count())
@@ -221,7 +223,6 @@ def _train(run: Run) -> dict[str, Any]:
         run.state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, t.seed)
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
                            jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
-    peak_flops = peak_flops_per_device(cfg.logging.peak_tflops)  # measured once on CPU
     writer.config(cfg.to_dict())
     if run.primary:
         (run_dir / "config.json").write_text(cfg.to_json())
