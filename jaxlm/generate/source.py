@@ -76,9 +76,11 @@ def inference_mesh(cfg: Config, mesh: MeshConfig | None = None) -> tuple[Mesh, R
     """The mesh to generate on, over the local devices (see the module docstring)."""
     n = jax.local_device_count()
     local = {"dcn_data": 1, "dcn_fsdp": 1, "dcn_tensor": 1}
+    saved = cfg.mesh.model_copy(update=local)
+    if -1 not in (saved.fsdp, saved.tensor):  # the run's fsdp/tensor, data over the rest
+        saved = saved.model_copy(update={"data": -1})
     candidates = [mesh.model_copy(update=local)] if mesh is not None else [
-        cfg.mesh.model_copy(update={"data": -1, **local}),
-        cfg.mesh.model_copy(update={"data": -1, "fsdp": 1, "tensor": 1, **local})]
+        saved, cfg.mesh.model_copy(update={"data": -1, "fsdp": 1, "tensor": 1, **local})]
     for i, m in enumerate(candidates):
         sized = cfg.model_copy(update={"mesh": m, "train": cfg.train.model_copy(
             update={"global_batch": n, "grad_accum": 1})})
