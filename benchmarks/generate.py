@@ -42,7 +42,7 @@ from jaxlm.config import load_config  # noqa: E402
 from jaxlm.generate import DecodeEngine, Sampling, left_pad, place_params  # noqa: E402
 from jaxlm.generate.source import inference_mesh  # noqa: E402
 from jaxlm.models import DecoderLM, param_count  # noqa: E402
-from jaxlm.models.layers import resolve_dtype  # noqa: E402
+from jaxlm.models.layers import resolve_auto  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Generation"
@@ -129,7 +129,7 @@ def measure(name: str, batch_size: int, prompt_len: int, n_new: int,
 
     state: list = []
     ms = 1000.0 / (n_new - 1)  # per decode step (token 0 comes from the prefill)
-    out = {"params": param_count(cfg.model) / 1e6, "dtype": resolve_dtype(cfg.model).dtype,
+    out = {"params": param_count(cfg.model) / 1e6, "dtype": resolve_auto(cfg.model).dtype,
            "prefill": 1000.0 * median_time(prefill, rounds)}
     out["while_loop"] = ms * timed_decode(cached_while_loop)
     out["python_loop"] = ms * timed_decode(cached_python_loop)

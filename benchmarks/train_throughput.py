@@ -33,7 +33,7 @@ from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import load_config
 from jaxlm.models import flops_per_token, param_count
-from jaxlm.models.layers import resolve_dtype
+from jaxlm.models.layers import resolve_auto
 from jaxlm.profiling import measure_cpu_peak_flops
 from jaxlm.train.loop import setup
 
@@ -179,7 +179,7 @@ def bench(name: str, rounds: int, steps: int, peak: float, native_bf16: bool,
     j = med["jaxlm"]
     row = {"config": name, "params": param_count(cfg.model),
            "batch": f"{cfg.train.global_batch}x{cfg.data.seq_len}",
-           "jax_dtype": resolve_dtype(cfg.model).dtype,
+           "jax_dtype": resolve_auto(cfg.model).dtype,
            "tok_s": {k: tokens / v for k, v in med.items()},
            "mfu": flops / j / peak, "ratio": {k: v / j for k, v in med.items() if k != "jaxlm"}}
     print(f"{name}: {row['params'] / 1e6:.2f}M params, batch {row['batch']}: " + ", ".join(

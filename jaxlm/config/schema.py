@@ -75,10 +75,11 @@ class ModelConfig(_Section):
     norm_eps: float | None = Field(None, gt=0.0)
     rope_theta: float = 10000.0
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    attention: Literal["xla", "dot_product", "cudnn"] = Field(
-        "xla",
-        description="xla: explicit softmax(QK^T/sqrt(d))V; dot_product: "
-        "jax.nn.dot_product_attention (XLA); cudnn: the same with the cuDNN kernel (GPU only)",
+    attention: Literal["auto", "xla", "dot_product", "cudnn"] = Field(
+        "auto",
+        description="auto: cudnn on NVIDIA GPUs (bf16), else dot_product; xla: explicit "
+        "softmax(QK^T/sqrt(d))V; dot_product: jax.nn.dot_product_attention (XLA's fused "
+        "attention); cudnn: the same with the cuDNN kernel (GPU only)",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.models.attention import MultiHeadAttention
-from jaxlm.models.layers import Mlp, norm, resolve_dtype, sinusoidal
+from jaxlm.models.layers import Mlp, norm, resolve_auto, sinusoidal
 
 REMAT_POLICIES = {
     "full": None,  # recompute everything in the backward pass
@@ -90,7 +90,7 @@ class Backbone(nn.Module):
         train: bool = False,
         decode: bool = False,
     ) -> jax.Array:
-        cfg = resolve_dtype(self.cfg)  # dtype: auto → bf16 or f32 for this hardware
+        cfg = resolve_auto(self.cfg)  # dtype: auto → bf16 or f32 for this hardware
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 

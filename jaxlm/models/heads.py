@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.models.layers import dense, dot_f32, dtypes, norm, resolve_dtype
+from jaxlm.models.layers import dense, dot_f32, dtypes, norm, resolve_auto
 
 Pooling = Literal["cls", "mean", "last"]
 
@@ -39,7 +39,7 @@ class LMHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, table: jax.Array | None) -> jax.Array:
-        cfg = resolve_dtype(self.cfg)
+        cfg = resolve_auto(self.cfg)
         if cfg.tie_embeddings:
             return tied_logits(h, table, cfg.dtype)
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab"))
@@ -55,7 +55,7 @@ class MaskedLMHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, table: jax.Array) -> jax.Array:  # (B, L, D) → (B, L, V)
-        cfg = resolve_dtype(self.cfg)
+        cfg = resolve_auto(self.cfg)
         x = dense(cfg.d_model, ("embed", "mlp"), use_bias=True, name="transform",
                   **dtypes(cfg))(h)  # (B, L, D)
         x = norm(cfg, "transform_norm")(nn.gelu(x, approximate=cfg.mlp == "gelu_tanh"))
@@ -90,7 +90,7 @@ class SequenceClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
-        cfg = resolve_dtype(self.cfg)
+        cfg = resolve_auto(self.cfg)
         x = pool(h, mask, self.pooling)  # (B, D)
         if self.pooler:  # BERT's pooler: dense + tanh over the pooled token
             x = jnp.tanh(dense(cfg.d_model, ("embed", "mlp"), use_bias=True, name="pooler",
@@ -110,7 +110,7 @@ class TokenClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
-        cfg = resolve_dtype(self.cfg)
+        cfg = resolve_auto(self.cfg)
         x = nn.Dropout(self.dropout)(h, deterministic=not train)
         logits = dense(self.num_labels, ("embed", None), use_bias=True, name="classifier",
                        **dtypes(cfg))(x)

@@ -27,7 +27,7 @@ from jaxlm.errors import TrainingError
 from jaxlm.generate import Generator, Sampling
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models import param_count
-from jaxlm.models.layers import resolve_dtype
+from jaxlm.models.layers import resolve_auto
 from jaxlm.preemption import PreemptionWatcher
 from jaxlm.profiling import (
     StepProfiler,
@@ -170,7 +170,7 @@ def remedies(cfg: Config, lr_key: str, lr: float, clip_key: str,
     tips = [f"lower {lr_key} (now {lr:.3g})"]
     if clip is None:
         tips.append(f"set {clip_key}=1.0")
-    if resolve_dtype(cfg.model).dtype == "bfloat16":
+    if resolve_auto(cfg.model).dtype == "bfloat16":
         tips.append("try model.dtype=float32")
     if lr_key == "train.lr":
         t = cfg.train
@@ -227,7 +227,7 @@ def _train(run: Run) -> dict[str, Any]:
     if run.primary:
         (run_dir / "config.json").write_text(cfg.to_json())
     n_params = param_count(cfg.model)
-    dtype = resolve_dtype(cfg.model).dtype
+    dtype = resolve_auto(cfg.model).dtype
     _log(run, f"jaxlm: {cfg.model.family} model, {n_params / 1e6:.2f}M params, {dtype} compute, "
               "mesh "
               f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} "
