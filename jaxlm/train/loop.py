@@ -38,6 +38,7 @@ from jaxlm.profiling import (
 )
 from jaxlm.sharding import Rules, activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Task, add_sums, pretraining_task
+from jaxlm.train.init_from import apply_init_from, load_init_from
 from jaxlm.train.optim import lr_schedule, make_optimizer
 from jaxlm.train.state import TrainState, create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
@@ -141,6 +142,7 @@ def _memory_report(run: Run, batch: Any, writer: MetricsWriter, step: int) -> No
 
 def train(cfg: Config) -> dict[str, Any]:
     """Pretrain per ``cfg``; returns the final metrics (train loss, eval loss, perplexity)."""
+    cfg, source = apply_init_from(cfg)  # model.init_from: its architecture and tokenizer
     t = cfg.train
     run_dir = Path(t.run_dir)
     profiler = StepProfiler(t.profile_steps, run_dir / "profile", t.steps)  # checks the steps
@@ -149,6 +151,10 @@ def train(cfg: Config) -> dict[str, Any]:
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
         run.state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, t.seed)
+        if source is not None:  # and load model.init_from's weights
+            params, report = load_init_from(source, run.state.params, run.shardings.params)
+            run.state = run.state.replace(params=params)
+            _log(run, report)
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
                            jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
     peak_flops = peak_flops_per_device(cfg.logging.peak_tflops)  # measured once on CPU
