@@ -84,7 +84,8 @@ def test_missing_extra_and_misshapen_tensors(hf_dirs, tmp_path, capsys):
     missing = copy(src, tmp_path / "missing")
     edit_weights(missing, lambda t: {k: v for k, v in t.items() if "h.1.attn.c_attn" not in k})
     err = error_line(capsys, "convert", str(missing), str(tmp_path / "o1"))
-    assert "lacks 2 tensors this GPT2LMHeadModel needs: h.1.attn.c_attn.bias" in err
+    assert "lacks 2 tensors this GPT2LMHeadModel needs: transformer.h.1.attn.c_attn.bias, " \
+           "transformer.h.1.attn.c_attn.weight" in err
     extra = copy(src, tmp_path / "extra")
     edit_weights(extra, lambda t: {**t, "transformer.h.7.mlp.c_fc.weight": np.zeros((2, 2),
                                                                                      np.float32)})

@@ -170,6 +170,14 @@ class HFCheckpoint:
     def stored_name(self, name: str) -> str:
         return self._where[name][1]
 
+    def display(self, rule: Rule) -> str:
+        """The name ``rule``'s tensor has, or would have, in this checkpoint's files."""
+        if rule.hf in self._where:
+            return self.stored_name(rule.hf)
+        prefixed = any(s.startswith(f"{self.family.prefix}.") for _, s in self._where.values())
+        top = rule.jax.startswith(("lm_head/", "mlm_head/"))  # heads sit outside the base
+        return f"{self.family.prefix}.{rule.hf}" if prefixed and not top else rule.hf
+
     def get_slice(self, name: str) -> Any:
         """A lazy safetensors slice of tensor ``name`` (base-model naming)."""
         file, stored = self._where[name]

@@ -36,7 +36,10 @@ def check(ckpt: HFCheckpoint, keys: dict[str, tuple[int, ...]]) -> None:
     for key, shape in keys.items():
         rule = ckpt.rule(key)
         if rule is None:
-            (missing if key in every else unknown).append(every[key].hf if key in every else key)
+            if key in every:
+                missing.append(ckpt.display(every[key]))
+            else:
+                unknown.append(key)
             continue
         want, have = rule.hf_shape(shape), ckpt.shape(rule.hf)
         if want != have:
