@@ -78,6 +78,7 @@ def test_finetunes_with_mean_pooling(tmp_path, capsys):
     assert last_json(out.out)["accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 def test_pooler_goes_to_the_classification_head(tmp_path):
     """finetune.pooler=true: BertModel's pooler.dense initialises head/pooler."""
     from safetensors.numpy import load_file
