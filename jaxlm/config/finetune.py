@@ -47,8 +47,9 @@ class FinetuneConfig(_Section):
 
     backbone: str = Field(
         "runs/default",
-        description="a pretraining run dir, a checkpoint step dir, a `jaxlm export` dir, or "
-        "'none' (random init of the config's model.*)",
+        description="a pretraining run dir, a checkpoint step dir, a `jaxlm export` dir, a "
+        "Hugging Face model dir (config.json + safetensors), or 'none' (random init of the "
+        "config's model.*)",
     )
     from_scratch: bool = Field(
         False, description="take the backbone's architecture and tokenizer, not its weights"

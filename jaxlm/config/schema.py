@@ -89,6 +89,9 @@ class ModelConfig(_Section):
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = False
+    init_from: str | None = Field(
+        None, description="jaxlm train: a run, checkpoint, export or Hugging Face model dir; "
+        "a fresh run takes its architecture, weights and tokenizer (a resumed run its own)")
 
     @model_validator(mode="after")
     def _resolve_family_defaults(self) -> ModelConfig:

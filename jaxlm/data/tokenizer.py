@@ -241,7 +241,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
 
     Args:
       spec: ``"default"`` (the embedded ``jaxlm/assets/tokenizer.json``), the path of a
-        ``tokenizer.json`` file, or a directory containing ``tokenizer.json``.
+        ``tokenizer.json`` file, or a directory containing ``tokenizer.json`` (or a Hugging
+        Face model's ``vocab.txt`` / ``vocab.json`` + ``merges.txt``).
 
     Raises:
       TokenizerError: ``spec`` is none of these, or the file is not a valid tokenizer.
@@ -255,6 +256,12 @@ def load_tokenizer(spec: str) -> Tokenizer:
                 f"embedded default tokenizer {resource} cannot be loaded: {e}"
             ) from e
     path = Path(os.path.expanduser(os.fspath(spec)))
+    if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
+        from jaxlm.hf.tokenizer import hf_tokenizer  # a Hugging Face model's vocab files
+
+        tok = hf_tokenizer(path)
+        if tok is not None:
+            return tok
     if path.is_dir():
         path = path / TOKENIZER_FILE
         if not path.is_file():
@@ -268,12 +275,15 @@ def load_tokenizer(spec: str) -> Tokenizer:
             f"file, or a directory containing one"
         )
     try:
-        return Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on a malformed file
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TokenizerError(
             f"{str(path)!r} is not a valid tokenizer.json: {msg}"
         ) from e
+    tok.no_padding()  # jaxlm frames, truncates and pads itself (HF files may set both)
+    tok.no_truncation()
+    return tok
 
 
 def special_ids(tok: Tokenizer) -> SpecialIds:

@@ -50,12 +50,12 @@ def _initial_state(run: FinetuneRun) -> Any:
         why = "finetune.from_scratch" if f.from_scratch else "finetune.backbone=none"
         _log(run, f"backbone: random initialisation ({why}), architecture of "
                   f"{run.source.describe()}")
+        _log(run, head_report(state.params))
     else:
-        target = abstract_like(state.params["backbone"], run.shardings.params["backbone"])
-        backbone, report = load_backbone(run.source, target)
-        state = state.replace(params={**state.params, "backbone": backbone})
-        _log(run, report)
-    _log(run, head_report(state.params))
+        params, report = load_backbone(run.source, state.params, run.shardings.params,
+                                       pooler=f.pooler)
+        state = state.replace(params=params)
+        _log(run, report)  # ends with the head report
     return state
 
 

@@ -39,6 +39,7 @@ from jaxlm.profiling import (
 from jaxlm.runlock import RunLock
 from jaxlm.sharding import Rules, activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Task, add_sums, pretraining_task
+from jaxlm.train.init_from import apply_init_from, load_init_from
 from jaxlm.train.optim import lr_schedule, make_optimizer
 from jaxlm.train.state import TrainState, create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
@@ -199,15 +200,17 @@ def _memory_report(run: Run, batch: Any, writer: MetricsWriter, step: int) -> No
 def train(cfg: Config) -> dict[str, Any]:
     """Pretrain per ``cfg``; returns the final metrics (train loss, eval loss, perplexity).
     The run directory is locked for the whole run (one writer per run directory)."""
+    start_process(cfg)  # jax.distributed before anything (init_from may read a checkpoint)
+    cfg, source = apply_init_from(cfg)  # model.init_from: its architecture and tokenizer
     StepProfiler(cfg.train.profile_steps, Path(cfg.train.run_dir) / "profile",
                  cfg.train.steps).close()  # checks train.profile_steps before anything starts
     run = setup(cfg, init=False)
     with RunLock(cfg.train.run_dir, "train", log=lambda msg: _log(run, msg),
                  enabled=run.primary):
-        return _train(run)
+        return _train(run, source)
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(run: Run, source: Any) -> dict[str, Any]:
     cfg = run.cfg
     t = cfg.train
     run_dir = Path(t.run_dir)
@@ -221,6 +224,10 @@ def _train(run: Run) -> dict[str, Any]:
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
         run.state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, t.seed)
+        if source is not None:  # and load model.init_from's weights
+            params, report = load_init_from(source, run.state.params, run.shardings.params)
+            run.state = run.state.replace(params=params)
+            _log(run, report)
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
                            jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
     writer.config(cfg.to_dict())

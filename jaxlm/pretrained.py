@@ -1,0 +1,142 @@
+"""Where starting weights come from: a jaxlm run or checkpoint, an export, or Hugging Face.
+
+Shared by ``finetune.backbone`` (a backbone under a fresh head) and ``model.init_from``
+(continued pretraining). A path is resolved once into a :class:`Pretrained`: its kind, the
+run config saved with it (for a Hugging Face directory, jaxlm's translation of its
+``config.json``) and its tokenizer. The architecture of the run is the source's; only
+runtime model settings (dropout, attention kernel, dtype, remat) may be changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxlm.checkpoint_compat import RUNTIME_MODEL_FIELDS, CheckpointError, flat_shapes, locate
+from jaxlm.config import Config, ModelConfig
+from jaxlm.export import WEIGHTS, is_export
+
+ARCH_EXEMPT = RUNTIME_MODEL_FIELDS  # model.* settings a run may change from its source's
+
+
+@dataclass
+class Pretrained:
+    """A resolved source of weights: where, which step, its run config and tokenizer."""
+
+    kind: str  # "checkpoint" | "export" | "hf" | "none"
+    path: Path | None
+    step: int | None
+    config: dict[str, Any]  # the run config saved with it (translated for "hf")
+    tokenizer: str  # what load_tokenizer() takes
+
+    def describe(self) -> str:
+        if self.kind == "none":
+            return "none (random initialisation)"
+        what = " (Hugging Face)" if self.kind == "hf" else ""
+        return f"{self.path}{what}" + (f" (step {self.step})" if self.step is not None else "")
+
+
+def _checkpoint_config(directory: Path, step: int | None,
+                       setting: str) -> tuple[int, dict[str, Any]]:
+    import orbax.checkpoint as ocp
+
+    from jaxlm.checkpoint import open_manager
+
+    manager = open_manager(directory)
+    steps = manager.all_steps()
+    if not steps or (step is not None and step not in steps):
+        raise CheckpointError(f"{setting}: no complete checkpoint"
+                              f"{'' if step is None else f' of step {step}'} in {directory}")
+    step = max(steps) if step is None else step
+    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    manager.close()
+    return step, config
+
+
+def hf_source(path: Path) -> Pretrained:
+    """A Hugging Face model directory as a source: its config translated, its tokenizer."""
+    from jaxlm.hf import hf_model_config, read_config
+    from jaxlm.hf.checkpoint import run_config
+
+    config = run_config(hf_model_config(read_config(path)), str(path))
+    return Pretrained("hf", path, None, config, str(path))
+
+
+def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "") -> Pretrained:
+    """Find what ``setting=spec`` names; one-line errors for anything else. When the path
+    does not exist, ``hint`` goes before the list of what the setting accepts, ``more`` after
+    it."""
+    from jaxlm.hf import is_hf_dir
+
+    path = Path(spec)
+    accepted = "a run, checkpoint, `jaxlm export` or Hugging Face model directory"
+    if not path.exists():
+        raise CheckpointError(f"{setting}={spec}: no such directory; {hint}set {setting} to "
+                              f"{accepted}{more}")
+    if is_hf_dir(path):
+        return hf_source(path)
+    if is_export(path):
+        directory = path if path.is_dir() else path.parent
+        config_file = directory / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"{setting}={spec}: the export has no config.json")
+        config = json.loads(config_file.read_text())
+        tok = directory / "tokenizer.json"
+        tokenizer = str(tok) if tok.is_file() else config.get("data", {}).get("tokenizer",
+                                                                              "default")
+        return Pretrained("export", directory, None, config, tokenizer)
+    try:
+        directory, step = locate(path)
+    except CheckpointError:
+        raise CheckpointError(f"{setting}={spec} is not a run directory, a checkpoint step "
+                              f"directory or a `jaxlm export` directory (with {WEIGHTS}), nor "
+                              "a Hugging Face model directory (config.json with a model_type)"
+                              ) from None
+    step, config = _checkpoint_config(directory, step, setting)
+    return Pretrained("checkpoint", directory, step, config,
+                      config.get("data", {}).get("tokenizer", "default"))
+
+
+def pretrained_model_config(source: Pretrained, cfg: Config, setting: str) -> ModelConfig:
+    """The source's architecture with this run's runtime settings (dropout, attention,
+    dtype, remat). Architecture settings asked for here that differ from the source's are
+    an error naming them."""
+    if source.kind == "none":
+        return cfg.model
+    saved = ModelConfig(**source.config["model"])
+    default, asked = ModelConfig().model_dump(), cfg.model.model_dump()
+    if asked.get("family") != default["family"]:  # a family given: compare its resolved flags
+        default = ModelConfig(family=asked["family"]).model_dump()
+    wanted = {k: v for k, v in asked.items() if v != default[k] and k not in ARCH_EXEMPT}
+    differ = {k: v for k, v in wanted.items() if saved.model_dump()[k] != v}
+    if differ:
+        label = setting.split(".")[-1]  # "backbone", "init_from"
+        keys = ", ".join(f"model.{k}={v!r} ({label}: {saved.model_dump()[k]!r})"
+                         for k, v in differ.items())
+        raise CheckpointError(f"{source.describe()} does not match the model asked for: {keys}; "
+                              f"the architecture comes from {setting}, so drop these model.* "
+                              "settings")
+    runtime = {k: asked[k] for k in ARCH_EXEMPT if asked[k] != default[k]}
+    return saved.model_copy(update={"init_from": None, **runtime})
+
+
+def saved_shapes(source: Pretrained) -> dict[str, tuple[int, ...]]:
+    """Every saved parameter's path and shape (metadata only); for a Hugging Face
+    directory, tensors jaxlm has no place for are listed under their HF names."""
+    if source.kind == "hf":
+        from jaxlm.hf.load import hf_shapes
+
+        return hf_shapes(source.path)
+    if source.kind == "export":
+        from safetensors import safe_open
+
+        with safe_open(str(source.path / WEIGHTS), "np") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    from jaxlm.checkpoint import open_manager
+
+    manager = open_manager(source.path)
+    meta = manager.item_metadata(source.step)["state"]
+    manager.close()
+    return flat_shapes(getattr(meta, "tree", meta).get("params"))
