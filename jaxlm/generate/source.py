@@ -3,8 +3,9 @@
 :func:`load_source` is the one place that turns a user's path into a model config, its
 parameters on a mesh and its tokenizer. It understands a jaxlm run directory (its latest
 checkpoint), its ``checkpoints`` directory or one checkpoint step directory, and a
-``jaxlm export`` directory (``model.safetensors``, ``config.json``, ``tokenizer.json``).
-Hugging Face model directories plug in there too (see the comment in it).
+``jaxlm export`` directory (``model.safetensors``, ``config.json``, ``tokenizer.json``), and a
+Hugging Face model directory — resolved by :func:`jaxlm.pretrained.resolve_pretrained`, like
+every other place that takes starting weights.
 
 The mesh: the run's ``fsdp`` and ``tensor`` sizes with ``data`` over the rest of the local
 devices when they fit, else every local device data-parallel (the saved mesh may have had
@@ -14,7 +15,6 @@ other devices), or the mesh the caller asks for.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxlm.checkpoint import abstract_like
-from jaxlm.checkpoint_compat import CheckpointError, locate
 from jaxlm.config import Config, ConfigError, MeshConfig, ModelConfig, from_dict
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
-from jaxlm.export import WEIGHTS, is_export, load_params
+from jaxlm.export import load_params
 from jaxlm.generate.sampling import GenerationError
 from jaxlm.models import DecoderLM
+from jaxlm.pretrained import resolve_pretrained
 from jaxlm.sharding import Rules, logical_rules, logical_to_sharding, make_mesh
 
-KINDS = "a jaxlm run directory, a checkpoint step directory or a `jaxlm export` directory"
+KINDS = ("a jaxlm run directory, a checkpoint step directory, a `jaxlm export` directory or a "
+         "Hugging Face model directory")
 FINETUNE_LABELS = "labels.json"  # jaxlm.finetune.run.LABELS_FILE: marks a fine-tuned run
 
 
@@ -92,51 +93,21 @@ def inference_mesh(cfg: Config, mesh: MeshConfig | None = None) -> tuple[Mesh, R
     raise AssertionError("unreachable")
 
 
-def _saved_config(path: Path) -> tuple[dict[str, Any], str | None]:
-    """The run config saved with a source, and the tokenizer file shipped with it if any."""
-    if is_export(path):
-        directory = path if path.is_dir() else path.parent
-        config_file, tokenizer_file = directory / "config.json", directory / "tokenizer.json"
-        if not config_file.is_file():
-            raise CheckpointError(f"export {directory} has no config.json next to {WEIGHTS}")
-        return (json.loads(config_file.read_text()),
-                str(tokenizer_file) if tokenizer_file.is_file() else None)
-    if (path / FINETUNE_LABELS).is_file():
-        raise GenerationError(f"{path} is a fine-tuned classifier run: it has no language-model "
-                              "head to generate with; give the pretraining run it started from")
-    import orbax.checkpoint as ocp
-
-    from jaxlm.checkpoint import open_manager
-
-    try:
-        directory, step = locate(path)
-    except CheckpointError:
-        raise GenerationError(f"{path} is not {KINDS} (with {WEIGHTS})") from None
-    manager = open_manager(directory)
-    steps = manager.all_steps()
-    if not steps or (step is not None and step not in steps):
-        raise CheckpointError(f"no complete checkpoint{'' if step is None else f' of step {step}'}"
-                              f" in {directory}")
-    step = max(steps) if step is None else step
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    manager.close()
-    return config, None
-
-
 def load_source(source: str | Path, mesh: MeshConfig | None = None) -> LoadedModel:
     """Resolve ``source`` (see the module docstring) to its model config, its parameters
     placed on the generation mesh, and its tokenizer. One-line errors for anything else."""
     path = Path(source)
     if not path.exists():
         raise GenerationError(f"{source} does not exist: give {KINDS}")
-    # Hugging Face model directories go here, before the jaxlm kinds: jaxlm.hf's loader
-    # gives (ModelConfig, host params, tokenizer); make the mesh from a Config holding that
-    # ModelConfig (inference_mesh) and put the params on it with place_params.
-    raw, tokenizer_file = _saved_config(path)
-    cfg = from_dict(raw)
+    if (path / FINETUNE_LABELS).is_file():
+        raise GenerationError(f"{path} is a fine-tuned classifier run: it has no language-model "
+                              "head to generate with; give the pretraining run it started from")
+    found = resolve_pretrained(str(path), "jaxlm generate SOURCE")
+    cfg = from_dict(found.config)
     check_can_generate(cfg.model)
-    tokenizer = load_tokenizer(tokenizer_file or cfg.data.tokenizer)
+    tokenizer = load_tokenizer(found.tokenizer)
     device_mesh, rules = inference_mesh(cfg, mesh)
-    params = load_params(path, param_shardings(cfg.model, device_mesh, rules))
+    params = load_params(found.path, param_shardings(cfg.model, device_mesh, rules),
+                         step=found.step)
     ids = special_ids(tokenizer)
     return LoadedModel(cfg.model, params, tokenizer, device_mesh, rules, ids.bos, ids.eos)
