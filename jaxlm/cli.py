@@ -44,24 +44,23 @@ def _config(args: argparse.Namespace) -> Any:
     return load_config(path, overrides)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    from jaxlm.train.loop import train
-
-    result = train(cfg)
+def _run(args: argparse.Namespace, loop: Callable[[Any], dict]) -> int:
+    result = loop(_config(args))
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxlm.train.loop import train
+
+    return _run(args, train)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    cfg = _config(args)
     from jaxlm.finetune.loop import finetune
 
-    result = finetune(cfg)
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return _run(args, finetune)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -206,12 +206,7 @@ class SourceStream:
 
     def next_text(self) -> str | None:
         """The next whole document (its pieces joined): for tools and tests, not for big data."""
-        parts: list[str] = []
-        while (piece := self.next_piece()) is not None:
-            parts.append(piece[0])
-            if piece[1]:
-                return "".join(parts)
-        return None
+        return join_pieces(self.next_piece)
 
     def _warn_utf8(self) -> None:
         if not self._warned_utf8:
@@ -263,3 +258,13 @@ class SourceStream:
         self._in_doc = bool(state["in_doc"])
         self._flagged = bool(state["flagged"])
         self._ds, self._it, self._text, self._off = None, None, None, 0
+
+
+def join_pieces(next_piece: Any) -> str | None:
+    """Pieces ``(text, last)`` from ``next_piece()`` joined into the next whole document."""
+    parts: list[str] = []
+    while (piece := next_piece()) is not None:
+        parts.append(piece[0])
+        if piece[1]:
+            return "".join(parts)
+    return None

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.data.sources import SourceStream
+from jaxlm.data.sources import SourceStream, join_pieces
 
 _TAG_MIX = 1  # RNG stream tag
 
@@ -90,12 +90,7 @@ class DocumentStream:
 
     def next_text(self) -> str | None:
         """The next whole document (pieces joined): for tools and tests, not for big data."""
-        parts: list[str] = []
-        while (piece := self.next_piece()) is not None:
-            parts.append(piece[0])
-            if piece[1]:
-                return "".join(parts)
-        return None
+        return join_pieces(self.next_piece)
 
     # ------------------------------------------------------------------------------ state
 
