@@ -28,7 +28,7 @@ SENTENCES = ["A man is eating food.", "The quick brown fox jumps over the lazy d
 
 def framed(tokenizer, texts, length=32):
     """jaxlm's fine-tuning framing, [CLS] text [SEP], right-padded: (tokens, mask)."""
-    ids, _ = encode_texts(tokenizer, texts, None, length)
+    ids, _ = encode_texts(tokenizer, texts, None, length, causal=False)
     tokens = np.zeros((len(ids), length), np.int32)
     mask = np.zeros((len(ids), length), np.int32)
     for i, row in enumerate(ids):
