@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from jaxlm.config import LabeledDataConfig
-from jaxlm.data.sources import DataError, _one_line, detect_format
+from jaxlm.data.errors import DataError
+from jaxlm.data.loading import detect_format
+from jaxlm.data.loading import one_line as _one_line
 from jaxlm.data.tokenizer import special_ids
 
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"),
