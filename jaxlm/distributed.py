@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxlm import process_log
+from jaxlm import process_log, rundir
 from jaxlm.config import Config, DistributedConfig
 from jaxlm.coordinator import check_port_free, wait_for_coordinator
 from jaxlm.errors import TrainingError, UserError
@@ -318,11 +318,13 @@ def setup_process_log(run_dir: str | Path, process_index: int | None = None,
                              me.count, me.multi if capture is None else capture)
 
 
-def start(cfg: Config) -> ProcessInfo:
-    """Everything a process does first: :func:`initialize`, then :func:`setup_process_log`
-    in ``cfg.train.run_dir``. Safe to call more than once."""
+def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
+    """Everything a process does first: :func:`initialize`, a check that the run directory
+    ``cfg.train.run_dir`` (set by ``setting``) can be written, then :func:`setup_process_log`
+    in it. Safe to call more than once."""
     first = process_log.path() is None
     me = initialize(cfg.distributed)
+    rundir.prepare(cfg.train.run_dir, setting)  # one line, before anything is written there
     path = setup_process_log(cfg.train.run_dir)
     if me.multi and first:
         import jax

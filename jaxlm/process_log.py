@@ -51,9 +51,9 @@ def flush() -> None:
 
 
 def log_only(text: str) -> bool:
-    """Append ``text`` to this process's transcript without showing it on the terminal.
-    False when there is no transcript (one process, or not started) to write to."""
-    if _log_path is None or not _tees:
+    """Append ``text`` to this process's log file without showing it on the terminal.
+    False when there is no log file (not started) to write to."""
+    if _log_path is None:
         return False
     flush()
     try:
