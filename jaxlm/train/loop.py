@@ -219,8 +219,10 @@ def _train(run: Run) -> dict[str, Any]:
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
         run.state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, t.seed)
+    start = int(run.state.step)
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
-                           jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
+                           jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs,
+                           resume_step=start)  # steps logged after it are redone: dropped
     peak_flops = peak_flops_per_device(cfg.logging.peak_tflops)  # measured once on CPU
     writer.config(cfg.to_dict())
     if run.primary:
@@ -237,7 +239,6 @@ def _train(run: Run) -> dict[str, Any]:
     samples = t.sample_tokens > 0 and cfg.model.causal  # an encoder does not generate text
     if samples:  # a sample prompt that does not fit fails now, not at the first eval
         sample_generator(run).encode(t.sample_prompt, "train.sample_prompt")
-    start = int(run.state.step)
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (run.primary and cfg.logging.progress))
     last: dict[str, float] = {}
