@@ -215,6 +215,9 @@ def _train(run: Run) -> dict[str, Any]:
     # Data sources are opened (and bad input refused) before anything is written or restored.
     pipe = build_pipeline(cfg.data, "train", run.local_batch, jax.process_index(),
                           jax.process_count())
+    if cfg.data.eval is not None:  # a bad eval source fails now, not after a save
+        build_pipeline(cfg.data, "eval", run.local_batch, jax.process_index(),
+                       jax.process_count(), repeat=False).close()
     ckpt = Checkpointer(cfg, run.tokenizer, log=lambda msg: _log(run, msg))
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
