@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import sys
+import time
 
-# The first line of a C++ crash report: an absl/glog FATAL line; an ERROR line of JAX's
-# coordination service (it precedes the fatal one); std::terminate; a failed check or a
-# signal report of absl's failure handler.
-_CRASH = re.compile(
-    rb"(?:^|(?<=\r))(?:F\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] |"
-    rb"E\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ coordination_service\S*:\d+\] |"
-    rb"terminate called after throwing|\*\*\* (?:Check failure stack trace|SIG[A-Z]+ received))",
-    re.M)
+# The first line of a C++ crash report: an absl/glog FATAL line, std::terminate, a failed
+# check or a signal report of absl's failure handler; the process ends after any of them.
+_GLOG = rb"\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ "
+_FATAL = re.compile(
+    rb"(?:^|(?<=\r))(?:F" + _GLOG + rb"\S+:\d+\] |terminate called after throwing|"
+    rb"\*\*\* (?:Check failure stack trace|SIG[A-Z]+ received))", re.M)
+# An ERROR line of JAX's coordination service: it usually precedes the fatal line by a few
+# milliseconds, so it is held back (and shown after all if nothing fatal follows).
+_WARNING = re.compile(rb"(?:^|(?<=\r))E" + _GLOG + rb"coordination_service\S*:\d+\] ", re.M)
+RELEASE_S = 10.0  # held-back lines with nothing fatal after them are shown after this long
 _OWN_ERROR = b"jaxlm: error:"
 _KEEP = 1 << 16  # bytes of a crash report kept to describe it
 
@@ -71,8 +75,11 @@ class Tee:
         self.out_fd, self.out_ok, self.who = out_fd, True, who
         self.pending = b""  # the log's unfinished line
         self.line = b""  # the terminal's unfinished line (to spot a report's first line)
-        self.report: bytes | None = None  # the crash report, once one started
-        self.said = False  # jaxlm printed its own error line after the report started
+        self.hidden: bytes | None = None  # held back from the terminal since a report began
+        self.fatal = False  # the held-back text holds a fatal line: the process is ending
+        self.since = 0.0  # when holding back began
+        self.scanned = 0  # bytes of `hidden` searched for jaxlm's own error lines
+        self.said = False  # jaxlm's own error line was shown after the report began
 
     def _show(self, data: bytes) -> None:
         view = memoryview(data)
@@ -86,24 +93,46 @@ class Tee:
         if self.who is None:
             self._show(chunk)
             return
-        if self.report is None:
+        if self.hidden is None:
             text = self.line + chunk
-            found = _CRASH.search(text)
-            if found is None:
+            found = [m for m in (_FATAL.search(text), _WARNING.search(text)) if m is not None]
+            if not found:
                 self._show(chunk)
                 self.line = text[text.rfind(b"\n") + 1:][-4096:]
                 return
-            self._show(text[len(self.line):found.start()] if found.start() > len(self.line)
-                       else b"")
-            self.report, chunk, self.line = b"", text[found.start():], b""
-        self.line += chunk  # in a report: only jaxlm's own error lines reach the terminal
-        *lines, self.line = self.line.split(b"\n")
-        for line in lines:
+            start = min(m.start() for m in found)
+            self._show(text[len(self.line):start] if start > len(self.line) else b"")
+            self.hidden, self.line, self.since, self.scanned = b"", b"", time.monotonic(), 0
+            chunk = text[start:]
+        if len(self.hidden) < _KEEP:
+            self.hidden += chunk
+        if not self.fatal and _FATAL.search(self.hidden):
+            self.fatal = True
+        if self.fatal:  # jaxlm's own error line still reaches the terminal
+            self._own_lines(final=False)
+        elif len(self.hidden) >= _KEEP:
+            self.release()
+
+    def _own_lines(self, final: bool) -> None:
+        assert self.hidden is not None
+        end = len(self.hidden) if final else self.hidden.rfind(b"\n") + 1
+        for line in self.hidden[self.scanned:end].splitlines():
             if line.startswith(_OWN_ERROR):
                 self._show(line + b"\n")
                 self.said = True
-            if len(self.report) < _KEEP:
-                self.report += line + b"\n"
+        self.scanned = max(self.scanned, end)
+
+    def release(self) -> None:
+        """Show what was held back (nothing fatal followed it) and go on as usual."""
+        if self.hidden is not None and not self.fatal:
+            self._show(self.hidden)
+            self.line = self.hidden[self.hidden.rfind(b"\n") + 1:][-4096:]
+            self.hidden = None
+
+    def tick(self) -> None:
+        """Called when no output came for a while: release lines held back too long."""
+        if self.hidden is not None and time.monotonic() - self.since > RELEASE_S:
+            self.release()
 
     def _to_log(self, chunk: bytes) -> None:
         self.pending += chunk
@@ -118,18 +147,24 @@ class Tee:
     def feed(self, chunk: bytes) -> None:
         self._terminal(chunk)
         self._to_log(chunk)
+        self.tick()
 
     def close(self) -> None:
+        """At the end of the stream: after a fatal report, one summary line (unless jaxlm
+        said its own); held-back lines without one are shown, or only jaxlm's own error
+        line if the process printed one."""
         if self.pending.strip(b"\r"):
             self.log.write(self.pending.rsplit(b"\r", 1)[-1] + b"\n")
-        if self.report is not None and self.who is not None:
-            report = (self.report + self.line).decode("utf-8", "replace")
-            if self.line.startswith(_OWN_ERROR):
-                self._show(self.line + b"\n")
-            elif not self.said:
-                line = summary(*self.who, report, self.log_path)
-                self._show(line)
-                self.log.write(line)
+        if self.hidden is not None:
+            if not self.fatal and _OWN_ERROR not in self.hidden:
+                self.release()
+            else:
+                self._own_lines(final=True)
+                if not self.said:
+                    line = summary(*self.who or ("?", "?"),
+                                   self.hidden.decode("utf-8", "replace"), self.log_path)
+                    self._show(line)
+                    self.log.write(line)
         self.log.close()
 
 
@@ -137,6 +172,9 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the jaxlm process
     tee = Tee(argv[1], 1, (argv[2], argv[3]) if len(argv) > 3 else None)
     while True:
+        if not select.select([0], [], [], RELEASE_S / 4)[0]:
+            tee.tick()
+            continue
         chunk = os.read(0, 1 << 16)
         if not chunk:
             break
