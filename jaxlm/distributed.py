@@ -199,8 +199,10 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None)
     """Start ``jax.distributed`` if this run has several processes (see :func:`plan`).
 
     Idempotent: later calls return the first result. Must run before any JAX computation.
-    Raises :class:`DistributedError` for incomplete settings and :class:`TrainingError` when
-    the processes cannot connect within ``distributed.initialization_timeout``.
+    Raises :class:`DistributedError` for incomplete settings,
+    :class:`~jaxlm.coordinator.CoordinatorPortError` when the coordinator port is taken (on
+    every process, within seconds), and :class:`TrainingError` when the processes cannot
+    connect within ``distributed.initialization_timeout``.
     """
     global _info
     if _info is not None:

@@ -26,8 +26,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-_ORBAX_FAILURE_SIGNS = ("raised an exception", "Handler Commit operations",
-                        "Save Finalize thread", "failed", "Failed")
+# Orbax's words for a failed save: "... raised an exception", "Failed to run N Handler Commit
+# operations ...", "Save Finalize thread (save_finalize) failed."
+_ORBAX_FAILURE_SIGNS = ("raised an exception", "Failed", "failed")
 
 
 class OrbaxSaveFailures(logging.Filter):
