@@ -8,8 +8,13 @@ A save is what the loop does: ``pipe.state_dict()`` of the real data pipeline pl
 ``Checkpointer.save`` (train state, data state, config, tokenizer). Reported: ms per step
 averaged over all steps (saves included), the time the training thread is blocked per save,
 and the checkpoint size. The final wait for the last async save is reported separately: it is
-paid once, at the end of a run. The "Checkpoint overhead" section of BENCHMARKS.md is
-rewritten with the figures and the command.
+paid once, at the end of a run.
+
+Integrity: the time to write a step's manifest (``jaxlm.checkpoint_integrity``: every file's
+size and SHA-256, hashed in a background thread once the step is final) and to verify it
+before a restore, next to the whole restore (``Checkpointer.restore``, verification included),
+each the median of ``--repeats`` runs on the last saved step. The "Checkpoint overhead"
+section of BENCHMARKS.md is rewritten with the figures and the command.
 
     python benchmarks/checkpoint_overhead.py [--steps 30] [--every 5]
 """
@@ -24,15 +29,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 from report import replace_section  # benchmarks/report.py
 
 from jaxlm.checkpoint import Checkpointer  # noqa: E402
+from jaxlm.checkpoint_integrity import verify, write_manifest  # noqa: E402
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.data.pipeline import build_pipeline, to_global  # noqa: E402
 from jaxlm.models import param_count  # noqa: E402
@@ -47,7 +56,35 @@ CONFIGS = {
 }
 
 
-def measure(config: str, overrides: list[str], steps: int, every: int) -> dict[str, float]:
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def integrity(cfg: Any, run: Any, step_dir: Path, repeats: int) -> dict[str, float]:
+    """ms to write ``step_dir``'s manifest, to verify it, and to restore the run from it
+    (verification included), medians of ``repeats``."""
+    assert verify(step_dir) is None
+    out = {"manifest_ms": _median_ms(lambda: write_manifest(step_dir), repeats),
+           "verify_ms": _median_ms(lambda: verify(step_dir), repeats)}
+
+    def restore() -> None:
+        ckpt = Checkpointer(cfg, run.tokenizer, log=lambda m: None)
+        state, _ = ckpt.restore(run.state, run.shardings)
+        jax.block_until_ready(state)
+        ckpt.close()
+
+    restore()  # warm-up: compiles nothing, but opens Orbax's machinery once
+    out["restore_ms"] = _median_ms(restore, repeats)
+    return out
+
+
+def measure(config: str, overrides: list[str], steps: int, every: int,
+            repeats: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="jaxlm-ckpt-bench-"))
     try:
         base = [*overrides, "mesh.data=1", f"train.steps={10 * steps}", "checkpoint.keep=2",
@@ -91,8 +128,12 @@ def measure(config: str, overrides: list[str], steps: int, every: int) -> dict[s
             phase(f"none_before_{name}", None)  # the baseline, next to each measurement
             phase(name, Checkpointer(c, run.tokenizer, log=lambda m: None))
         out["none_ms"] = (out["none_before_async_ms"] + out["none_before_sync_ms"]) / 2
-        step_dir = next((tmp / "sync" / "checkpoints").iterdir())
+        sync_cfg = load_config(ROOT / config, [*base, f"train.run_dir={tmp / 'sync'}",
+                                               "checkpoint.async_save=false"])
+        step_dir = max((tmp / "sync" / "checkpoints").iterdir(), key=lambda p: int(p.name))
         out["mb"] = sum(f.stat().st_size for f in step_dir.rglob("*") if f.is_file()) / 2**20
+        out["files"] = sum(1 for f in step_dir.rglob("*") if f.is_file())
+        out.update(integrity(sync_cfg, run, step_dir, repeats))
         pipe.close()
         return out
     finally:
@@ -103,12 +144,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=30, help="train steps per phase")
     p.add_argument("--every", type=int, default=5, help="save every N steps")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each integrity timing")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = p.parse_args()
-    rows = []
+    rows, integrity_rows = [], []
     for name in args.configs:
-        r = measure(*CONFIGS[name], args.steps, args.every)
+        r = measure(*CONFIGS[name], args.steps, args.every, args.repeats)
         print(f"{name}: {r}", flush=True)
         over = (r["async_ms"] / r["none_ms"] - 1) * 100
         sync_over = (r["sync_ms"] / r["none_ms"] - 1) * 100
@@ -121,6 +163,10 @@ def main() -> None:
             f"({r['async_data_state_ms']:.0f}) | {r['async_final_wait_ms']:.0f} | "
             f"{r['sync_ms']:.1f} (+{sync_over:.0f}%) | {r['sync_blocked_ms']:.0f} | "
             f"{lost['async']:.2f} s / {lost['sync']:.2f} s |")
+        integrity_rows.append(
+            f"| {name} | {r['mb']:.1f} MB, {r['files']:.0f} files | {r['manifest_ms']:.0f} | "
+            f"{r['verify_ms']:.0f} ({r['mb'] / r['verify_ms'] * 1e3:.0f} MB/s) | "
+            f"{r['restore_ms']:.0f} | {r['verify_ms'] / r['restore_ms']:.0%} |")
     cmd = " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
     lines = [
         SECTION, "", f"Command: `{cmd}`  ",
@@ -138,7 +184,17 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
         "On 2 shared CPU cores the background write competes with the train step for the same "
         "cores, so async saving still costs some step time here; on an accelerator the step "
-        "runs on the device while the host writes.",
+        "runs on the device while the host writes.", "",
+        "Integrity manifests (`jaxlm.checkpoint_integrity`): once a step is final, process 0 "
+        "hashes its files (SHA-256) in a background thread and writes `jaxlm_manifest.json`; "
+        "before a step is restored the files are hashed again and compared. Medians of "
+        f"{args.repeats} runs on the last saved step; *restore* is the whole "
+        "`Checkpointer.restore` (verification, compatibility checks, Orbax reading the arrays "
+        "onto the mesh). The machine was shared with other jobs, so single figures vary by "
+        "tens of percent; the share of restore spent verifying is the steadier figure.", "",
+        "| config | checkpoint | write manifest ms (background) | verify ms | restore ms "
+        "(verify included) | verify share of restore |",
+        "|---|---:|---:|---:|---:|---:|", *integrity_rows,
     ]
     print("\n".join(lines))
     if not args.no_write:

@@ -19,14 +19,17 @@ mesh), so a checkpoint written on one mesh or process count loads onto another. 
 checkpoint that cannot be read — or whose bytes no longer match the integrity manifest
 written once it was final (:mod:`jaxlm.checkpoint_integrity`) — is reported and moved aside,
 and the one before it is used.
-Whether a checkpoint fits the run is decided in :mod:`jaxlm.checkpoint_compat`; SIGTERM
-handling is in :mod:`jaxlm.preemption`; parameters-only export in :mod:`jaxlm.export`.
+
+A save that fails (a full disk, lost permissions) is one :class:`~jaxlm.errors.TrainingError`
+naming the errno and the latest complete step, which is left as it was; Orbax's own reports of
+the failure go to the process log (:mod:`jaxlm.quiet`).
+Whether a checkpoint fits the run is decided in :mod:`jaxlm.checkpoint_compat`; managers and
+helpers are in :mod:`jaxlm.checkpoint_manager`; SIGTERM handling is in
+:mod:`jaxlm.preemption`; parameters-only export in :mod:`jaxlm.export`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
 import warnings
@@ -35,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxlm import quiet
 from jaxlm.checkpoint_compat import (
     CheckpointError,
     CheckpointWarning,
@@ -49,100 +51,28 @@ from jaxlm.checkpoint_compat import (
     tokenizer_reference,
 )
 from jaxlm.checkpoint_integrity import verify, write_manifest
-from jaxlm.config import CheckpointConfig, Config
+from jaxlm.checkpoint_manager import (
+    ITEMS,
+    STATE_FIELDS,
+    TMP_MARK,
+    abstract_like,
+    checkpoint_dir,
+    gather_json,
+    item_handlers,
+    open_manager,
+    state_tree,
+    sync,
+)
+from jaxlm.config import Config
 from jaxlm.errors import TrainingError
+from jaxlm.process_log import log_only
+from jaxlm.rundir import reason
 
-ITEMS = ("state", "data", "config", "tokenizer")
-
-
-class _QuietReadOnly(logging.Filter):
-    """Orbax warns whenever a manager is opened read-only, which jaxlm does on purpose to
-    read checkpoints it must not change (export, fine-tuning backbones, predict)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Given directory is read only" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_QuietReadOnly())
-TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a step not yet committed
-
-
-# ------------------------------------------------------------------------------- helpers
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def open_manager(directory: Path, ccfg: CheckpointConfig | None = None,
-                 best: tuple[str, bool] | None = None) -> ocp.CheckpointManager:
-    """An Orbax manager of ``directory``: writable with ``ccfg``'s policies, else read-only.
-
-    ``best = (metric, higher_is_better)`` also keeps the one checkpoint saved with the best
-    value of that metric (checkpoints saved without metrics are kept only as the latest)."""
-    if ccfg is None:
-        options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                               save_interval_steps=0)
-    else:
-        keep: list[Any] = [policies.LatestN(ccfg.keep)]
-        if ccfg.keep_period:
-            keep.append(policies.EveryNSteps(ccfg.keep_period))
-        if best is not None:  # ties go to the earliest step, as the training loop counts them
-            metric, higher = best
-            keep.append(policies.BestN(
-                get_metric_fn=lambda m: (m[metric], -m["step"] if higher else m["step"]),
-                reverse=not higher, n=1, keep_checkpoints_without_metrics=False))
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=policies.AnyPreservationPolicy(keep),
-            enable_async_checkpointing=ccfg.async_save, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(directory.absolute(), options=options,
-                                 item_handlers=item_handlers())
-
-
-def item_handlers(state: ocp.CheckpointHandler | None = None) -> dict[str, Any]:
-    """How each item is written: arrays with Orbax's standard (PyTree) handler, the rest JSON."""
-    return {"state": state or ocp.StandardCheckpointHandler(),
-            **{name: ocp.JsonCheckpointHandler() for name in ITEMS[1:]}}
-
-
-STATE_FIELDS = ("step", "params", "opt_state", "rng", "health")
-
-
-def state_tree(state: Any) -> dict[str, Any]:
-    """The train state (a ``TrainState``) as the plain dict that is saved (item ``state``)."""
-    return {f: getattr(state, f) for f in STATE_FIELDS}
-
-
-def abstract_like(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs with ``shardings``: the restore target, nothing allocated."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        tree, shardings)
-
-
-def _reason(err: BaseException) -> str:
-    """A one-line cause, preferring an OSError's errno text found in the exception chain."""
-    e: BaseException | None = err
-    while e is not None:
-        if isinstance(e, OSError) and e.strerror:
-            return f"[Errno {e.errno}] {e.strerror}" + (f": '{e.filename}'" if e.filename else "")
-        e = e.__cause__ or e.__context__
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:300]
-
-
-def gather_json(obj: Any) -> list[Any]:
-    """Every process's JSON-able ``obj``, in process order (a collective: all must call)."""
-    if jax.process_count() == 1:
-        return [obj]
-    from jax.experimental import multihost_utils
-
-    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-    sizes = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32)))
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: raw.size] = raw
-    blobs = np.asarray(multihost_utils.process_allgather(padded))
-    return [json.loads(blobs[i, : int(n)].tobytes()) for i, n in enumerate(sizes.reshape(-1))]
-
+__all__ = [  # the helpers are used from here by other modules
+    "ITEMS", "STATE_FIELDS", "TMP_MARK", "CheckpointError", "CheckpointWarning", "Checkpointer",
+    "abstract_like", "checkpoint_dir", "gather_json", "item_handlers", "open_manager",
+    "state_tree",
+]
 
 # ----------------------------------------------------------------------------- checkpointer
 
@@ -163,6 +93,10 @@ class Checkpointer:
         self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
         self._in_flight: int | None = None  # step of an async save not yet known to be final
         self._sealer: threading.Thread | None = None  # writing the last final step's manifest
+        self._seal_error: str | None = None  # why the last manifest could not be written
+        self.orbax_errors: list[str] = []  # Orbax's own reports of a failed save (see quiet)
+        self._quiet = quiet.OrbaxSaveFailures(self._note).__enter__()
+        quiet.quiet_orbax_leftovers(log_only)
         unfinished = sorted(p.name for p in self.directory.glob(f"*{TMP_MARK}*"))
         try:
             if jax.process_index() == 0:  # fail now, not at the first save many steps later
@@ -173,10 +107,16 @@ class Checkpointer:
             self.manager = open_manager(self.directory, self.ccfg, best)  # drops unfinished
         except OSError as e:
             raise CheckpointError(
-                f"cannot write to the checkpoint directory {self.directory}: {_reason(e)}") from e
+                f"cannot write to the checkpoint directory {self.directory}: {reason(e)}") from e
         if unfinished:
             self._warn(f"discarded {len(unfinished)} unfinished save(s) in {self.directory} "
                        f"({', '.join(unfinished)}): saves that were interrupted or failed")
+
+    def _note(self, text: str) -> None:
+        """Orbax's report of a failed save: to the process log, not the terminal (the
+        failure itself is raised as one TrainingError)."""
+        if not log_only(text):
+            self.orbax_errors.append(text)
 
     def _warn(self, msg: str) -> None:
         warnings.warn(msg, CheckpointWarning, stacklevel=3)
@@ -259,12 +199,12 @@ class Checkpointer:
             if jax.process_index() == 0:
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 (self.directory / str(step)).rename(aside)
-            _sync(f"jaxlm_ckpt_skip_{step}")
+            sync(f"jaxlm_ckpt_skip_{step}")
             self.manager.reload()
             moved = f" (moved to {aside})"
         then = f"using step {rest[0]}" if rest else "no earlier checkpoint"
         self._warn(f"checkpoint {manager.directory / str(step)} is unreadable{moved}: "
-                   f"{_reason(err)}; {then}")
+                   f"{reason(err)}; {then}")
 
     def _check_compatible(self, where: Path, saved_cfg: dict[str, Any],
                           saved_tok: dict[str, Any]) -> None:
@@ -347,15 +287,29 @@ class Checkpointer:
         if self._in_flight is not None and jax.process_index() == 0:
             self._join_sealer()
             step_dir = self.directory / str(self._in_flight)
-            self._sealer = threading.Thread(target=_seal, args=(step_dir,), daemon=True,
+            self._sealer = threading.Thread(target=self._seal, args=(step_dir,), daemon=True,
                                             name="jaxlm-ckpt-manifest")
             self._sealer.start()
         self._in_flight = None
+
+    def _seal(self, step_dir: Path) -> None:
+        """Write a committed step's manifest (a step deleted meanwhile by the keep policy is
+        skipped); a failure to write it is reported by :meth:`_join_sealer`."""
+        try:
+            write_manifest(step_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self._seal_error = (f"could not write the integrity manifest of {step_dir} "
+                                f"({reason(e)}); that step will be restored unverified")
 
     def _join_sealer(self) -> None:
         if self._sealer is not None:
             self._sealer.join()
             self._sealer = None
+        if self._seal_error is not None:
+            msg, self._seal_error = self._seal_error, None
+            self._warn(msg)
 
     def _failed(self, step: int | None, err: Exception) -> TrainingError:
         """The error for a failed save: of the async save in flight if that one never became
@@ -371,7 +325,7 @@ class Checkpointer:
         kept = (f"checkpoints already written are intact (latest complete: step {latest})"
                 if latest is not None else "no complete checkpoint exists yet")
         return TrainingError(
-            f"could not write checkpoint step {step} to {self.directory}: {_reason(err)}; "
+            f"could not write checkpoint step {step} to {self.directory}: {reason(err)}; "
             f"{kept}; free disk space or fix permissions, then rerun to resume")
 
     def discard_from(self, first: int) -> list[int]:
@@ -383,7 +337,7 @@ class Checkpointer:
             aside.mkdir(parents=True, exist_ok=True)
             for s in steps:
                 (self.directory / str(s)).rename(aside / f"{s}-{time.time():.0f}")
-        _sync("jaxlm_ckpt_discard")
+        sync("jaxlm_ckpt_discard")
         self.manager.reload()
         return steps
 
@@ -401,20 +355,8 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            self._join_sealer()
-            self.manager.close()
-
-
-def _seal(step_dir: Path) -> None:
-    """Write a committed step's manifest; a step deleted meanwhile (keep policy) is skipped."""
-    try:
-        write_manifest(step_dir)
-    except FileNotFoundError:
-        pass
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+            try:
+                self._join_sealer()
+                self.manager.close()
+            finally:
+                self._quiet.__exit__()

@@ -35,8 +35,12 @@ def write_manifest(step_dir: Path) -> None:
     files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)]
              for p in _files(step_dir)}
     tmp = step_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"version": 1, "files": files}))
-    os.replace(tmp, step_dir / MANIFEST)
+    try:
+        tmp.write_text(json.dumps({"version": 1, "files": files}))
+        os.replace(tmp, step_dir / MANIFEST)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # (a full disk): no half-written manifest is left
+        raise
 
 
 def has_manifest(step_dir: Path) -> bool:

@@ -12,12 +12,14 @@
     jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N]   params only, for fine-tuning/inference
     jaxlm convert SRC OUT [--to jaxlm|hf] [--dtype bfloat16] [--overwrite]   HF dir <-> jaxlm export
 
-Bad input ends with one line on stderr naming what was wrong, and exit code 2.
+Bad input or settings end with one line on stderr naming what was wrong, and exit code 2; a
+run that cannot go on (a full disk, a diverged loss, a dead peer) with one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -302,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(err))
     except TrainingError as err:
         return _fail(str(err), code=1)
+    except OSError as err:  # a file jaxlm did not expect to fail on: one line all the same
+        from jaxlm.rundir import NO_SPACE, os_errno, reason
+
+        return _fail(reason(err), code=1 if os_errno(err) in (*NO_SPACE, errno.EIO) else 2)
     except KeyboardInterrupt:
         return _fail("interrupted", code=130)
 

@@ -11,22 +11,28 @@ anything touches a device:
   or JAX's own cluster detection, used when a cluster is recognized from its environment:
   Cloud TPU VMs and GKE TPU pods, SLURM steps with several tasks, Open MPI (``mpirun``).
   Nothing of that (a laptop, a single GPU box) means one process and no coordinator.
-* **Logs.** Every process writes ``RUN_DIR/logs/process_N.log`` (or ``$JAXLM_LOG_DIR``).
-  In a multi-process run it is a transcript of everything the process writes to stdout and
-  stderr, at the file-descriptor level, so JAX/XLA runtime messages and fatal errors are in
-  it too (progress-bar redraws are reduced to their final state). In a one-process run it
-  holds jaxlm's log records. Only process 0 prints progress and writes metrics (the loop).
+* **The coordinator port** is checked first (:mod:`jaxlm.coordinator`): process 0 fails in
+  one line if it cannot listen there, and the others if what answers at the coordinator
+  address is not a gRPC server (the port is taken), instead of a crash and a 300 s wait.
+* **Logs.** Every process writes ``RUN_DIR/logs/process_N.log`` (or ``$JAXLM_LOG_DIR``;
+  :mod:`jaxlm.process_log`). In a multi-process run it is a transcript of everything the
+  process writes to stdout and stderr, at the file-descriptor level, so JAX/XLA runtime
+  messages, tracebacks and crash reports are in it; the terminal gets one ``jaxlm: error:``
+  line for a failure. In a one-process run it holds jaxlm's log records. Only process 0
+  prints progress and writes metrics (the loop).
 * **Failing in bounded time.** JAX's coordination service (on process 0) expects a heartbeat
   from every process; when one dies or hangs for ``distributed.heartbeat_timeout`` seconds,
-  the service tells all others and JAX terminates them with ``Terminating process because the
-  JAX distributed service detected fatal errors ... The following tasks are unhealthy
-  (stopped sending heartbeats)`` (exit status 134, SIGABRT). If process 0 itself dies, the
-  others fail at once (the coordinator's socket closes); a peer that dies in the middle of a
-  CPU collective can also surface first, and at once, as gloo's error. A process that
-  *fails* in Python (an exception, a bad checkpoint) prints one ``jaxlm: error:`` line and
-  calls :func:`exit_if_failed`, which ends it immediately instead of waiting at JAX's
-  shutdown barrier (up to ``shutdown_timeout``, with everyone else stuck in a collective),
-  so the others learn of it within the heartbeat timeout.
+  the service tells all others and JAX terminates them from C++ (``Terminating process
+  because the JAX distributed service detected fatal errors ... (stopped sending
+  heartbeats)``, exit status 134, SIGABRT). If process 0 itself dies, the others fail at once
+  (the coordinator's socket closes); a peer that dies in the middle of a CPU collective can
+  also surface first, and at once, as gloo's error (a Python exception, or gloo's own abort).
+  Each of these ends the survivors with one ``jaxlm: error: process I of N ...`` line naming
+  the cause (the C++ report and any traceback go to the log). A process that *fails* in
+  Python (an exception, a bad checkpoint) prints one ``jaxlm: error:`` line and calls
+  :func:`exit_if_failed`, which ends it immediately instead of waiting at JAX's shutdown
+  barrier (up to ``shutdown_timeout``, with everyone else stuck in a collective), so the
+  others learn of it within the heartbeat timeout.
 
 Relaunching the same command then resumes from the last checkpoint (``checkpoint.resume``
 is ``auto`` by default).
@@ -37,21 +43,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import subprocess
 import sys
+import time
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxlm import process_log, rundir
 from jaxlm.config import Config, DistributedConfig
+from jaxlm.coordinator import check_port_free, wait_for_coordinator
 from jaxlm.errors import TrainingError, UserError
+from jaxlm.process_log import log_only
 
 log = logging.getLogger("jaxlm")
 
 ENV_COORDINATOR = "JAXLM_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAXLM_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAXLM_PROCESS_ID"
-ENV_LOG_DIR = "JAXLM_LOG_DIR"
 FATAL_MARKER = "JAX distributed service detected fatal errors"  # JAX's message, for tests/docs
 
 
@@ -83,9 +92,6 @@ class ProcessInfo:
 
 
 _info: ProcessInfo | None = None
-_log_path: Path | None = None
-_file_handler: logging.Handler | None = None
-_tees: list[subprocess.Popen] = []
 
 
 # ------------------------------------------------------------------------------ detection
@@ -193,8 +199,10 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None)
     """Start ``jax.distributed`` if this run has several processes (see :func:`plan`).
 
     Idempotent: later calls return the first result. Must run before any JAX computation.
-    Raises :class:`DistributedError` for incomplete settings and :class:`TrainingError` when
-    the processes cannot connect within ``distributed.initialization_timeout``.
+    Raises :class:`DistributedError` for incomplete settings,
+    :class:`~jaxlm.coordinator.CoordinatorPortError` when the coordinator port is taken (on
+    every process, within seconds), and :class:`TrainingError` when the processes cannot
+    connect within ``distributed.initialization_timeout``.
     """
     global _info
     if _info is not None:
@@ -212,6 +220,11 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None)
     kw = p.kwargs
     where = (f"process {kw['process_id']} of {kw['num_processes']}"
              if kw["process_id"] is not None else "this process")
+    if kw["coordinator_address"] and kw["process_id"] is not None:  # fail in seconds, 1 line
+        if kw["process_id"] == 0:
+            check_port_free(kw["coordinator_address"])
+        else:
+            wait_for_coordinator(kw["coordinator_address"], kw["initialization_timeout"])
     try:
         jax.distributed.initialize(**kw)
     except RuntimeError as e:
@@ -247,7 +260,9 @@ def _after_start() -> None:
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        previous(kind, value, tb)
+        # The traceback is for the log; the terminal gets one line (the others' logs say more).
+        if not log_only("".join(traceback.format_exception(kind, value, tb))):
+            previous(kind, value, tb)
         print(f"jaxlm: error: {describe_failure(value)}", file=sys.stderr)
         exit_if_failed(1)
 
@@ -285,13 +300,10 @@ def exit_if_failed(code: int) -> None:
     """
     if code == 0 or _info is None or not _info.multi:
         return
-    log.error("process %d of %d failed (exit code %d); ending it now so that the other "
-              "processes stop too", _info.index, _info.count, code)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    process_log.flush()
+    log_only(f"{time.strftime('%Y-%m-%d %H:%M:%S')} jaxlm[{_info.index}] ERROR process "
+             f"{_info.index} of {_info.count} failed (exit code {code}); ending it now so that "
+             "the other processes stop too\n")
     logging.shutdown()
     os._exit(code)
 
@@ -299,113 +311,22 @@ def exit_if_failed(code: int) -> None:
 # -------------------------------------------------------------------------------- logging
 
 
-def log_dir(run_dir: str | Path) -> Path:
-    """Where the per-process logs go: ``$JAXLM_LOG_DIR`` or ``RUN_DIR/logs`` (for a remote
-    run directory such as ``gs://...``, ``./logs``)."""
-    if os.environ.get(ENV_LOG_DIR):
-        return Path(os.environ[ENV_LOG_DIR])
-    if "://" in str(run_dir):
-        return Path("logs")
-    return Path(run_dir) / "logs"
-
-
-# The tee: a tiny child process copying a pipe to the original stream and to the log file.
-# A separate process (not a thread) so nothing is lost when this one dies abruptly (SIGABRT
-# from JAX, SIGKILL): it reads to EOF and exits. Carriage-return redraws keep their last state.
-_TEE = r"""
-import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-log = open(sys.argv[1], "ab")
-out_ok = True
-pending = b""
-while True:
-    chunk = os.read(0, 1 << 16)
-    if not chunk:
-        break
-    view = memoryview(chunk)
-    while out_ok and view:
-        try:
-            view = view[os.write(1, view):]
-        except OSError:
-            out_ok = False
-    pending += chunk
-    *lines, pending = pending.split(b"\n")
-    for line in lines:
-        log.write(line.rstrip(b"\r").rsplit(b"\r", 1)[-1] + b"\n")
-    cut = pending.rfind(b"\r")
-    if cut > 0:
-        pending = pending[cut:]
-    log.flush()
-if pending.strip(b"\r"):
-    log.write(pending.rsplit(b"\r", 1)[-1] + b"\n")
-log.close()
-"""
-
-
-def _tee_fd(fd: int, path: Path) -> subprocess.Popen:
-    """Route file descriptor ``fd`` through a tee child into ``path`` (and where it went)."""
-    original = os.dup(fd)
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _TEE, str(path)], stdin=subprocess.PIPE,
-            stdout=original, stderr=subprocess.DEVNULL, start_new_session=True)
-    finally:
-        os.close(original)
-    assert child.stdin is not None
-    os.dup2(child.stdin.fileno(), fd)
-    child.stdin.close()
-    return child
-
-
 def setup_process_log(run_dir: str | Path, process_index: int | None = None,
                       capture: bool | None = None) -> Path:
-    """Start ``process_N.log`` for this process (see the module doc); returns its path.
-
-    ``capture`` (default: several processes) sends the process's whole stdout and stderr
-    there too, at the file-descriptor level; otherwise the file gets the ``jaxlm`` logger's
-    records. Called again with the same directory it does nothing.
-    """
-    global _log_path, _file_handler
+    """Start ``process_N.log`` for this process (see :func:`jaxlm.process_log.start`);
+    ``capture`` defaults to "several processes"."""
     me = info()
-    index = me.index if process_index is None else process_index
-    capture = me.multi if capture is None else capture
-    path = log_dir(run_dir) / f"process_{index}.log"
-    if _log_path is not None and (_tees or path == _log_path):
-        return _log_path  # the transcript of this process already runs elsewhere
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter(f"%(asctime)s jaxlm[{index}] %(levelname)s %(message)s",
-                            "%Y-%m-%d %H:%M:%S")
-    log.setLevel(logging.INFO)
-    if _file_handler is not None:
-        log.removeHandler(_file_handler)
-        _file_handler.close()
-        _file_handler = None
-    if capture:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _tees.extend(_tee_fd(fd, path) for fd in (1, 2))
-        for stream in (sys.stdout, sys.stderr):  # a line in the log as soon as it is printed
-            if hasattr(stream, "reconfigure"):
-                stream.reconfigure(line_buffering=True)
-        if not any(getattr(h, "_jaxlm", False) for h in log.handlers):
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(fmt)
-            handler._jaxlm = True  # type: ignore[attr-defined]
-            log.addHandler(handler)
-            log.propagate = False
-    else:
-        _file_handler = logging.FileHandler(path, encoding="utf-8")
-        _file_handler.setFormatter(fmt)
-        log.addHandler(_file_handler)
-    _log_path = path
-    return path
+    return process_log.start(run_dir, me.index if process_index is None else process_index,
+                             me.count, me.multi if capture is None else capture)
 
 
-def start(cfg: Config) -> ProcessInfo:
-    """Everything a process does first: :func:`initialize`, then :func:`setup_process_log`
-    in ``cfg.train.run_dir``. Safe to call more than once."""
-    first = _log_path is None
+def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
+    """Everything a process does first: :func:`initialize`, a check that the run directory
+    ``cfg.train.run_dir`` (set by ``setting``) can be written, then :func:`setup_process_log`
+    in it. Safe to call more than once."""
+    first = process_log.path() is None
     me = initialize(cfg.distributed)
+    rundir.prepare(cfg.train.run_dir, setting)  # one line, before anything is written there
     path = setup_process_log(cfg.train.run_dir)
     if me.multi and first:
         import jax

@@ -18,28 +18,36 @@ checkpoint saves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_meta
 from tensorboard.plugins.text import metadata as text_meta
-from tensorboard.summary.writer.event_file_writer import EventFileWriter as _EventFileWriter
+from tensorboard.summary.writer import event_file_writer
+from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboard.util import tensor_util
 
-from jaxlm.errors import UserError
+from jaxlm.errors import TrainingError, UserError
+from jaxlm.quiet import quiet_writer_thread
+from jaxlm.rundir import write_error
 
 # Metric tags the TensorBoard hparams dashboard shows next to each run's hyperparameters.
+JSONL = "metrics.jsonl"
 HPARAM_METRICS = ("train/loss", "eval/loss", "eval/perplexity", "train/tokens_per_sec",
                   "train/mfu")
 
@@ -53,7 +61,10 @@ class TensorBoardWriter:
     """
 
     def __init__(self, logdir: str | Path, flush_secs: int = 10) -> None:
-        self._writer = _EventFileWriter(str(logdir), flush_secs=flush_secs)
+        thread = getattr(event_file_writer, "_AsyncWriterThread", None)
+        if thread is not None:  # its OSError is raised again in the caller's thread, and told
+            quiet_writer_thread(thread)
+        self._writer = event_file_writer.EventFileWriter(str(logdir), flush_secs=flush_secs)
         self._text_meta = text_meta.create_summary_metadata(display_name="", description="")
         self._text_meta.data_class = summary_pb2.DATA_CLASS_TENSOR
 
@@ -115,10 +126,18 @@ class TensorBoardWriter:
 class MetricsWriter:
     """Scalars, text, events and hyperparameters → ``RUN_DIR/tensorboard`` and
     ``RUN_DIR/metrics.jsonl``. A disabled writer (``enabled=False``, as on processes other
-    than 0) accepts every call and writes nothing."""
+    than 0) accepts every call and writes nothing.
+
+    ``resume_step``: the step a run continues from (0 when it starts afresh). What an earlier
+    attempt logged after that step is dropped from ``metrics.jsonl`` and the event files
+    first, since the run redoes those steps: each step is recorded once, by the attempt whose
+    state the run kept. A failed write (a full disk) raises a one-line error (see
+    :func:`jaxlm.rundir.write_error`).
+    """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
-                 jsonl: bool = True, flush_secs: int = 10) -> None:
+                 jsonl: bool = True, flush_secs: int = 10,
+                 resume_step: int | None = None) -> None:
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self._tb: TensorBoardWriter | None = None
@@ -126,11 +145,21 @@ class MetricsWriter:
         self._hparams_written = False
         if not enabled:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
-            self._tb = TensorBoardWriter(self.run_dir / "tensorboard", flush_secs=flush_secs)
-        if jsonl:
-            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        with self._writing():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                drop_after(self.run_dir, resume_step)
+            if tensorboard:
+                self._tb = TensorBoardWriter(self.run_dir / "tensorboard", flush_secs=flush_secs)
+            if jsonl:
+                self._jsonl = open(self.run_dir / JSONL, "a", buffering=1)  # noqa: SIM115
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise write_error(f"the metrics in {self.run_dir}", e) from None
 
     def _line(self, step: int, values: dict[str, Any]) -> None:
         if self._jsonl is not None:
@@ -141,19 +170,21 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {f"{prefix}{k}": float(np.asarray(v)) for k, v in values.items()}
-        if self._tb is not None:
-            for k, v in clean.items():
-                self._tb.scalar(step, k, v)
-        # NaN/inf become null: strict JSON has no literal for them.
-        self._line(step, {k: v if math.isfinite(v) else None for k, v in clean.items()})
+        with self._writing():
+            if self._tb is not None:
+                for k, v in clean.items():
+                    self._tb.scalar(step, k, v)
+            # NaN/inf become null: strict JSON has no literal for them.
+            self._line(step, {k: v if math.isfinite(v) else None for k, v in clean.items()})
 
     def text(self, step: int, tag: str, text: str) -> None:
         """A piece of text (a generated sample, a note) at ``step``; shown as Markdown."""
         if not self.enabled:
             return
-        if self._tb is not None:
-            self._tb.text(step, tag, text)
-        self._line(step, {tag: text})
+        with self._writing():
+            if self._tb is not None:
+                self._tb.text(step, tag, text)
+            self._line(step, {tag: text})
 
     def event(self, step: int, name: str, **info: Any) -> None:
         """Something that happened at ``step``, e.g. ``event(100, "checkpoint",
@@ -165,40 +196,88 @@ class MetricsWriter:
         """
         if not self.enabled:
             return
-        if self._tb is not None:
-            desc = ", ".join(f"{k}={v}" for k, v in info.items())
-            self._tb.text(step, f"event/{name}",
-                          f"**{name}** at step {step}" + (f": {desc}" if desc else ""))
-            for k, v in info.items():
-                if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
-                    self._tb.scalar(step, f"event/{name}/{k}", float(v))
-        self._line(step, {"event": name, **{k: _jsonable(v) for k, v in info.items()}})
+        with self._writing():
+            if self._tb is not None:
+                desc = ", ".join(f"{k}={v}" for k, v in info.items())
+                self._tb.text(step, f"event/{name}",
+                              f"**{name}** at step {step}" + (f": {desc}" if desc else ""))
+                for k, v in info.items():
+                    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+                        self._tb.scalar(step, f"event/{name}/{k}", float(v))
+            self._line(step, {"event": name, **{k: _jsonable(v) for k, v in info.items()}})
 
     def config(self, cfg: dict[str, Any]) -> None:
         """The resolved config, as pretty JSON text (tag ``config``) and as TensorBoard hparams
         (every leaf as ``section.key``), linked to :data:`HPARAM_METRICS`."""
         if not self.enabled or self._tb is None:
             return
-        self._tb.text(0, "config", "```\n" + json.dumps(cfg, indent=2) + "\n```")
         flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                 for k, v in _flatten(cfg).items() if v is not None}
-        self._tb.hparams_start(flat, HPARAM_METRICS)
+        with self._writing():
+            self._tb.text(0, "config", "```\n" + json.dumps(cfg, indent=2) + "\n```")
+            self._tb.hparams_start(flat, HPARAM_METRICS)
         self._hparams_written = True
 
     def flush(self) -> None:
         if self._tb is not None:
-            self._tb.flush()
+            with self._writing():
+                self._tb.flush()
 
     def close(self, success: bool = True) -> None:
-        """Flush and close; ends the hparams session with status success or failure."""
-        if self._tb is not None:
-            if self._hparams_written:
-                self._tb.hparams_end(success)
-            self._tb.close()
-            self._tb = None
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+        """Flush and close; ends the hparams session with status success or failure. After a
+        failure (``success=False``) a write that fails too is not raised: the run's own error
+        is the one to report."""
+        tb, jsonl, self._tb, self._jsonl = self._tb, self._jsonl, None, None
+        try:
+            with self._writing():
+                try:
+                    if tb is not None:
+                        if self._hparams_written:
+                            tb.hparams_end(success)
+                        tb.close()
+                finally:
+                    if jsonl is not None:
+                        jsonl.close()
+        except (UserError, TrainingError):
+            if success:
+                raise
+
+
+def drop_after(run_dir: Path, step: int) -> None:
+    """Remove what was logged after ``step`` from ``metrics.jsonl`` and the TensorBoard event
+    files of ``run_dir`` (each rewritten to a temporary file, then renamed over it)."""
+    path = run_dir / JSONL
+    if path.is_file():
+        _rewrite(path, lambda line: _jsonl_step(line) <= step, text=True)
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        _rewrite(events, lambda record: event_pb2.Event.FromString(record).step <= step)
+
+
+def _jsonl_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut short by a crash: dropped too
+        return math.inf
+
+
+def _rewrite(path: Path, keep: Callable[[Any], bool], text: bool = False) -> None:
+    if text:
+        with open(path, encoding="utf-8") as f:
+            items = f.readlines()
+    else:
+        items = list(RawEventFileLoader(str(path)).Load())
+    kept = [x for x in items if keep(x)]
+    if len(kept) == len(items) and (not text or all(x.endswith("\n") for x in items)):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w" if text else "wb") as f:
+        if text:
+            f.writelines(x if x.endswith("\n") else x + "\n" for x in kept)
+        else:
+            out = RecordWriter(f)
+            for record in kept:
+                out.write(record)
+    os.replace(tmp, path)
 
 
 def _jsonable(v: Any) -> Any:

@@ -101,6 +101,10 @@ describe() {  # "exited with 0" / "was killed by SIGKILL (exit status 137)"
   fi
 }
 
+# Watch the processes. bash reports a child killed by a signal with a multi-line "Aborted
+# ( export ... )" note on its stderr when it reaps it; the loop's stderr is therefore muted and
+# its own messages go to fd 3 (the real stderr): the "was killed by SIG..." lines say it.
+exec 3>&2
 codes=()
 first_failure=""
 failed_at=0
@@ -119,15 +123,15 @@ while [[ $running -gt 0 ]]; do
     if [[ $code -ne 0 && -z "$first_failure" ]]; then
       first_failure=$i
       failed_at=$SECONDS
-      echo "local.sh: process $i $(describe "$code"); see $logdir/process_$i.out" >&2
+      echo "local.sh: process $i $(describe "$code"); see $logdir/process_$i.out" >&3
     fi
   done
   if [[ $running -gt 0 && -n "$first_failure" && $((SECONDS - failed_at)) -ge $grace ]]; then
-    echo "local.sh: processes still running ${grace}s after process $first_failure failed; killing them" >&2
+    echo "local.sh: processes still running ${grace}s after process $first_failure failed; killing them" >&3
     stop_all KILL
   fi
   [[ $running -gt 0 ]] && sleep 0.2
-done
+done 2> /dev/null
 
 status=0
 for ((i = 0; i < nproc_; i++)); do

@@ -120,7 +120,8 @@ def test_no_match_unknown_column_empty_and_mixed(tmp_path):
 def test_hub_name_offline_is_one_line_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     msg = _one_line_error(lambda: _roundtrip("someone/not-a-local-dataset"), "hub dataset")
-    assert "local files" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "local files" in msg and "offline mode is on (HF_HUB_OFFLINE=1" in msg
+    assert "set HF_HUB_OFFLINE=1" not in msg  # it is set already
 
 
 def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):

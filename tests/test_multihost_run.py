@@ -159,6 +159,18 @@ def test_killing_a_process_ends_the_other_in_bounded_time_and_a_relaunch_resumes
     survivor = (run_dir / "logs" / "process_0.log").read_text()
     errors = f"{FATAL_MARKER}|has probably died|gloo::|Gloo [-a-z]+ failed"
     assert re.search(errors, survivor), survivor[-3000:]
+    # ... but what process 0 showed ends with one jaxlm line: no traceback, no C++ report
+    # (they are in its log), and local.sh adds no bash "Aborted ( export ... )" notes.
+    shown, deadline = "", time.monotonic() + 10
+    while "jaxlm: error:" not in shown and time.monotonic() < deadline:  # (its tee, a moment
+        shown = (log_dir / "process_0.out").read_text()                  # after it died)
+        time.sleep(0.2)
+    for noise in ("Traceback", "Check failure", "terminate called", "E1", "F1"):
+        assert not re.search(rf"^{noise}", shown, re.M), shown[-3000:]
+    lines = shown.rstrip().splitlines()
+    assert [x for x in lines if x.startswith("jaxlm: error:")] == lines[-1:], shown[-3000:]
+    assert "has probably died" in lines[-1] or "died or hangs" in lines[-1], lines[-1]
+    assert "Aborted" not in out and "( export" not in out
 
     # the same command again continues from the last complete checkpoint
     again = local_sh(run_dir, tmp_path / "launch_logs_2", *args)

@@ -72,6 +72,21 @@ def _is_text_field(parts: list[str]) -> bool:
         getattr(k, "__origin__", None) in (list, dict) for k in kinds)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line, with where it is (1-based line and column) and what
+    construct it was reading, e.g. ``line 4, column 1: expected ',' or ']', but got '<block
+    mapping start>' (in the flow sequence started at line 3, column 13)``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None:
+        context = context.removeprefix("while ").replace("parsing a", "in the").replace(
+            "scanning a", "in the")
+        problem += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
+    return " ".join(f"{where}{problem}".split())
+
+
 def _parse_value(key: str, parts: list[str], value: str) -> Any:
     if value == "":
         return None
@@ -133,9 +148,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(
-                f"config file '{path}' is not valid YAML: {err}".splitlines()[0]
-            ) from None
+            raise ConfigError(f"config file '{path}' is not valid YAML: {_yaml_problem(err)}") \
+                from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
     return from_dict(apply_overrides(raw, overrides or []))

@@ -19,13 +19,16 @@ UTF-8 are replaced by U+FFFD and counted everywhere, and files that are not text
 from __future__ import annotations
 
 import glob
+import json
 import os
 from typing import Any
 
 from jaxlm.config import SourceConfig
 from jaxlm.data.errors import DataError
+from jaxlm.data.hub import load_hub
 from jaxlm.data.textfiles import COMPRESSION, text_examples
 from jaxlm.data.tokenizer import default_corpus_files
+from jaxlm.quiet import JSON_ERRORS
 
 _FORMATS = {
     ".json": "json", ".jsonl": "json", ".ndjson": "json",
@@ -39,6 +42,40 @@ _GLOB_CHARS = "*?["
 def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def first_bad_json_line(path: str) -> tuple[int, str] | None:
+    """(line number, problem) of the first non-blank line of a JSON Lines file (optionally
+    compressed) that is not valid JSON; None if every line is."""
+    opener = COMPRESSION.get(_split_suffix(path)[1] or "", open)
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            try:
+                json.loads(line)
+            except ValueError as e:
+                what = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) \
+                    else str(e)
+                return lineno, what
+    return None
+
+
+def read_error(cfg: SourceConfig, fmt: str | None, err: BaseException) -> str:
+    """One line on why a source could not be read. For malformed JSON Lines it names the
+    file and line: the `datasets` reader's message counts rows of an internal block, not
+    lines, and does not name the file (it logs the name, which :data:`JSON_ERRORS` keeps)."""
+    if fmt == "json":  # (a failure path: reading the files again is affordable)
+        files = resolve_files(cfg) or []
+        named = JSON_ERRORS.last_file
+        first = [f for f in files if named and os.path.realpath(f) == os.path.realpath(
+            named.removeprefix("file://"))]
+        for path in first or files:
+            bad = first_bad_json_line(path)
+            if bad is not None:
+                return f"{path}, line {bad[0]}: not valid JSON ({bad[1]})"
+    return one_line(err)
 
 
 def source_label(cfg: SourceConfig) -> str:
@@ -126,15 +163,14 @@ def load_base(cfg: SourceConfig) -> tuple[Any, str | None]:
     label = source_label(cfg)
     if files is None:  # a hub dataset
         try:
-            ds = datasets.load_dataset(cfg.path, cfg.name, split=cfg.split, streaming=True)
+            ds = load_hub(
+                lambda: datasets.load_dataset(cfg.path, cfg.name, split=cfg.split,
+                                              streaming=True),
+                label, "point the source (data.train.N.path or data.eval.N.path) at local "
+                "files such as data/*.jsonl.gz")
             return ds, None
-        except (ConnectionError, TimeoutError) as e:
-            raise DataError(
-                f"hub dataset {label!r} cannot be reached ({one_line(e)}); this machine may be "
-                "offline: point the source (data.train.N.path or data.eval.N.path) at local "
-                "files such as data/*.jsonl.gz, and set "
-                "HF_HUB_OFFLINE=1 to fail fast instead of retrying"
-            ) from None
+        except DataError:
+            raise
         except Exception as e:
             raise DataError(
                 f"hub dataset {label!r} (name={cfg.name!r}, split={cfg.split!r}) cannot be loaded: "
@@ -149,6 +185,7 @@ def load_base(cfg: SourceConfig) -> tuple[Any, str | None]:
         ), fmt
     kwargs: dict[str, Any] = {}
     if fmt == "json":
+        JSON_ERRORS.install()  # the reader logs the bad file's name; read_error uses it
         # The json builder only re-decodes when encoding != "utf-8": "utf_8" is the same codec
         # under another name, which switches on errors="replace" for bytes that are not UTF-8.
         kwargs = {"encoding": "utf_8", "encoding_errors": "replace"}

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxlm.config import SourceConfig
 from jaxlm.data.errors import DataError, DataWarning
-from jaxlm.data.loading import load_base, one_line, source_label
+from jaxlm.data.loading import load_base, read_error, source_label
 from jaxlm.data.textfiles import MORE, PIECE_CHARS, find_cut
 
 __all__ = ["DataError", "DataWarning", "SourceStream", "source_label"]
@@ -55,6 +55,7 @@ class SourceStream:
         self.label = source_label(cfg)
         self.stats = stats
         self._base, fmt = load_base(cfg)
+        self._fmt = fmt
         self.num_shards: int = self._base.num_shards
         by_example = process_count > 1 and self.num_shards % process_count != 0
         if by_example:
@@ -108,7 +109,8 @@ class SourceStream:
         except DataError:
             raise
         except Exception as e:
-            raise DataError(f"source {self.label!r} cannot be read: {one_line(e)}") from None
+            raise DataError(f"source {self.label!r} cannot be read: "
+                            f"{read_error(self.cfg, self._fmt, e)}") from None
         where = f" on process {self.process_index} of {self.process_count}" * (
             self.process_count > 1
         )
@@ -138,7 +140,8 @@ class SourceStream:
             raise
         except Exception as e:
             raise DataError(
-                f"source {self.label!r} failed while reading (epoch {self.epoch}): {one_line(e)}"
+                f"source {self.label!r} failed while reading (epoch {self.epoch}): "
+                f"{read_error(self.cfg, self._fmt, e)}"
             ) from None
 
     def _value(self, example: dict[str, Any]) -> tuple[str | None, bool]:

@@ -189,7 +189,8 @@ def train_tokenizer(
       files: ``.txt``, ``.txt.gz``, ``.jsonl`` or ``.jsonl.gz`` files (JSON Lines: the
         ``"text"`` field), streamed rather than loaded whole.
       vocab_size: size of the final vocabulary, counting the 3 special tokens and the
-        256 byte tokens, so at least 259.
+        256 byte tokens, so at least 259 (a smaller one is a :class:`TokenizerError`). A corpus
+        too small to learn that many merges gives a smaller vocabulary.
       out_path: where to write ``tokenizer.json`` (an existing directory means
         ``<dir>/tokenizer.json``).
       min_frequency: a pair must occur this often to be merged.
@@ -200,9 +201,10 @@ def train_tokenizer(
     """
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(SPECIAL_TOKENS) + len(alphabet):
-        raise ValueError(
-            f"vocab_size={vocab_size} is too small: byte-level BPE needs at least "
-            f"{len(SPECIAL_TOKENS) + len(alphabet)} (3 special + 256 byte tokens)"
+        raise TokenizerError(
+            f"vocab_size={vocab_size} (--vocab-size) is too small: a byte-level BPE vocabulary "
+            f"holds at least {len(SPECIAL_TOKENS) + len(alphabet)} tokens (3 special + 256 bytes); "
+            f"give {len(SPECIAL_TOKENS) + len(alphabet)} or more"
         )
     files = [os.fspath(f) for f in files]
     if not files:
@@ -211,6 +213,11 @@ def train_tokenizer(
         _kind(path)
         if not os.path.isfile(path):
             raise TokenizerError(f"training file {path!r} does not exist")
+    if not any(text.strip() for text in iter_texts(files)):  # stops at the first text
+        raise TokenizerError(
+            f"the training files hold no text ({', '.join(files)}): there is nothing to learn "
+            "merges from; give files with text in them"
+        )
 
     tok = new_bpe_tokenizer()
     trainer = trainers.BpeTrainer(

@@ -26,8 +26,10 @@ import numpy as np
 
 from jaxlm.config import LabeledDataConfig
 from jaxlm.data.errors import DataError
-from jaxlm.data.loading import detect_format, one_line
+from jaxlm.data.hub import load_hub
+from jaxlm.data.loading import detect_format, one_line, read_error
 from jaxlm.data.tokenizer import special_ids
+from jaxlm.quiet import JSON_ERRORS
 
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"),
                "test": ("test",)}
@@ -77,25 +79,25 @@ def _read_local(files: list[str], fmt: str) -> Any:
         raise DataError(f"labeled data must be csv, jsonl or parquet, not text: {files[0]}")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if files[0].endswith((".tsv", ".tsv.gz")) else {}
     datasets.disable_progress_bars()  # small files: a bar per split is noise
+    cfg = SourceConfig(path=files, format=builder)
+    if builder == "json":
+        JSON_ERRORS.install()  # (the reader logs the bad file; read_error names it instead)
     try:
         return datasets.load_dataset(builder, data_files={"split": files}, split="split",
                                      keep_in_memory=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-        raise DataError(f"cannot read labeled data {files[0]}: {one_line(e)}") from None
+        raise DataError(f"cannot read labeled data {files[0]}: {read_error(cfg, builder, e)}") \
+            from None
 
 
 def _read_hub(d: LabeledDataConfig, split: str) -> Any:
     import datasets
 
     try:
-        return datasets.load_dataset(d.path, d.name, split=split)
-    except (ConnectionError, TimeoutError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise DataError(
-            f"hub dataset {d.path!r} cannot be reached ({one_line(e)}); this machine may be "
-            "offline: point finetune.data.path at local csv/jsonl/parquet files"
-            + ("" if offline else " (HF_HUB_OFFLINE=1 fails fast instead of retrying)")
-        ) from None
+        return load_hub(lambda: datasets.load_dataset(d.path, d.name, split=split), d.path,
+                        "point finetune.data.path at local csv/jsonl/parquet files")
+    except DataError:
+        raise
     except ValueError as e:
         if "split" in str(e).lower():
             raise KeyError(split) from None

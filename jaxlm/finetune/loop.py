@@ -99,7 +99,8 @@ def _finetune(run: FinetuneRun) -> dict[str, Any]:
     if run.primary:
         (run_dir / "config.json").write_text(cfg.to_json())
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
-                           jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
+                           jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs,
+                           resume_step=int(state.step))  # steps logged after it are redone
     writer.config(cfg.to_dict())
     sizes = " / ".join(f"{len(d)} {name}" for name, d in run.splits.items())
     labels = ", ".join(run.names[:8]) + (" ..." if len(run.names) > 8 else "")

@@ -96,7 +96,7 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> FinetuneRun:
     """Build the run (see the module docstring); every bad input is one error line.
     ``devices`` restricts the mesh to some of the devices (tests)."""
     cfg = _run_config(cfg)
-    start_process(cfg)  # jax.distributed first: nothing may touch the devices before it
+    start_process(cfg, "finetune.run_dir")  # jax.distributed first: nothing may touch devices
     f = cfg.finetune
     source = resolve_backbone(cfg)
     model_cfg = backbone_model_config(source, cfg)

@@ -220,6 +220,9 @@ def _train(run: Run, source: Any) -> dict[str, Any]:
     # Data sources are opened (and bad input refused) before anything is written or restored.
     pipe = build_pipeline(cfg.data, "train", run.local_batch, jax.process_index(),
                           jax.process_count())
+    if cfg.data.eval is not None:  # a bad eval source fails now, not after a save
+        build_pipeline(cfg.data, "eval", run.local_batch, jax.process_index(),
+                       jax.process_count(), repeat=False).close()
     ckpt = Checkpointer(cfg, run.tokenizer, log=lambda msg: _log(run, msg))
     run.state, data_state = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
@@ -228,8 +231,10 @@ def _train(run: Run, source: Any) -> dict[str, Any]:
             params, report = load_init_from(source, run.state.params, run.shardings.params)
             run.state = run.state.replace(params=params)
             _log(run, report)
+    start = int(run.state.step)
     writer = MetricsWriter(run_dir, enabled=run.primary, tensorboard=cfg.logging.tensorboard,
-                           jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs)
+                           jsonl=cfg.logging.jsonl, flush_secs=cfg.logging.flush_secs,
+                           resume_step=start)  # steps logged after it are redone: dropped
     writer.config(cfg.to_dict())
     if run.primary:
         (run_dir / "config.json").write_text(cfg.to_json())
@@ -245,7 +250,6 @@ def _train(run: Run, source: Any) -> dict[str, Any]:
     samples = t.sample_tokens > 0 and cfg.model.causal  # an encoder does not generate text
     if samples:  # a sample prompt that does not fit fails now, not at the first eval
         sample_generator(run).encode(t.sample_prompt, "train.sample_prompt")
-    start = int(run.state.step)
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (run.primary and cfg.logging.progress))
     last: dict[str, float] = {}
