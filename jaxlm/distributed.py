@@ -40,6 +40,7 @@ is ``auto`` by default).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -253,10 +254,37 @@ def _first_line(text: str) -> str:
     return lines[0][:400] if lines else "unknown error"
 
 
+# How long the coordinator's process keeps its coordination service up after the shutdown
+# barrier, so that the other processes' last RPCs land before the gRPC server is destroyed.
+SERVICE_GRACE_S = 1.0
+
+
+def shutdown() -> None:
+    """Leave ``jax.distributed`` cleanly: preemption manager, client (JAX's shutdown barrier
+    with every process), then, in the coordinator's process only, the coordination service
+    after :data:`SERVICE_GRACE_S`.
+
+    JAX's own exit handler destroys the service straight after the barrier; a heartbeat or
+    disconnect from another process that arrives in that instant aborts the coordinator's
+    process in gRPC (``server.cc: Check failed: queue.Pop() == nullptr``, SIGABRT) after a
+    run that succeeded. Registered at exit for multi-process runs; safe to call twice.
+    """
+    from jax._src import distributed as jax_distributed  # the service handle is not public
+
+    state = jax_distributed.global_state
+    service, state.service = state.service, None
+    state.shutdown()  # preemption sync manager, then the client's shutdown barrier
+    if service is not None:
+        time.sleep(SERVICE_GRACE_S)
+        service.shutdown()
+
+
 def _after_start() -> None:
-    """Multi-process only: uncaught exceptions end this process at once (see module doc)."""
+    """Multi-process only: uncaught exceptions end this process at once (see module doc),
+    and the exit leaves ``jax.distributed`` in the right order (:func:`shutdown`)."""
     if _info is None or not _info.multi:
         return
+    atexit.register(shutdown)  # runs before JAX's own handler (registered at its import)
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
