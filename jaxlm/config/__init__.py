@@ -1,4 +1,5 @@
-"""Typed configuration: the schema (``schema.py``) and how a config is built (``load.py``)."""
+"""Typed configuration: the schema (``schema.py``, ``runtime.py``, ``finetune.py``) and how a
+config is built (``load.py``)."""
 
 from jaxlm.config.finetune import FinetuneConfig, LabeledDataConfig
 from jaxlm.config.load import (
@@ -9,18 +10,14 @@ from jaxlm.config.load import (
     load_config,
     resolve_mesh_shape,
 )
-from jaxlm.config.schema import (
+from jaxlm.config.runtime import (
     DEFAULT_RULES,
     CheckpointConfig,
-    Config,
-    DataConfig,
     DistributedConfig,
     LoggingConfig,
     MeshConfig,
-    ModelConfig,
-    SourceConfig,
-    TrainConfig,
 )
+from jaxlm.config.schema import Config, DataConfig, ModelConfig, SourceConfig, TrainConfig
 
 __all__ = [
     "DEFAULT_RULES",

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from jaxlm.config.section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LabeledDataConfig(_Section):
+class LabeledDataConfig(Section):
     """Labeled examples, read with `datasets`.
 
     ``path``: ``demo`` (the embedded fortunes task), a local directory holding ``train.*``,
@@ -42,7 +40,7 @@ class LabeledDataConfig(_Section):
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(Section):
     """A fine-tuning run: where the backbone comes from, the head, the data, the schedule."""
 
     backbone: str = Field(

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from jaxlm.config.schema import Config, MeshConfig
+from jaxlm.config.runtime import MeshConfig
+from jaxlm.config.schema import Config
 from jaxlm.errors import UserError
 
 
