@@ -179,8 +179,15 @@ def test_logged_mfu_is_honest(tiny_run: dict) -> None:
     assert logged and all(0 < mfu <= 1.0 for _, mfu in logged)
     implied = {round(tflops * 1e12 / mfu, -6) for tflops, mfu in logged}
     assert len(implied) == 1  # one peak for the whole run
-    plateau = measure_matmul_plateau() / 8  # 8 fake devices share the CPU
-    assert implied.pop() == pytest.approx(plateau, rel=0.2)
+    implied_peak = implied.pop()
+    # Other load only slows a timing down, so the best of a few separate measurements is the
+    # plateau (a busy machine must not fail an honest run; a low run peak still fails).
+    plateau = 0.0
+    for _ in range(3):
+        plateau = max(plateau, measure_matmul_plateau() / 8)  # 8 fake devices share the CPU
+        if implied_peak <= plateau * 1.2:
+            break
+    assert implied_peak == pytest.approx(plateau, rel=0.2)
     host = measure_cpu_peak_flops()  # first: it may measure again and update the cache
     cache = Path(os.environ["JAXLM_CACHE"]) / "cpu_peak_flops.json"
     assert json.loads(cache.read_text())[_cpu_fingerprint()] == host
