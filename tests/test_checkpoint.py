@@ -1,5 +1,5 @@
 """Checkpointer in one process: items, keep policy, async safety, atomic finalize, resharding,
-mismatch and config errors, corrupt and full-disk handling, export and ``load_params``.
+mismatch and config errors, corrupt and full-disk handling (export: ``test_export.py``).
 
 Two tests run this file as a script in a child process (``worker_*`` below): one dies by
 SIGKILL in the middle of Orbax's finalize, one writes under a tiny file-size limit.
@@ -24,14 +24,12 @@ from jaxlm.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointWarning,
-    abstract_like,
     open_manager,
     state_tree,
 )
 from jaxlm.config import Config, load_config
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import TrainingError
-from jaxlm.export import export, load_params
 from jaxlm.sharding import logical_rules, make_mesh
 from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import make_optimizer
@@ -311,46 +309,6 @@ def test_full_disk_is_a_clear_error_and_keeps_saved_checkpoints(tmp_path, async_
         ck = checkpointer(cfg)
     restored, _ = ck.restore(build(cfg, seed=1)[0], shardings)
     assert_same(restored, state)
-
-
-# ------------------------------------------------------------------------------- export
-
-
-def test_export_and_load_params(tmp_path):
-    src = make_cfg(tmp_path / "run", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
-    state, _ = build(src, 8)
-    ck = checkpointer(src)
-    ck.save(5, state, DATA)
-    ck.close()
-    run = tmp_path / "run"
-    export(run, tmp_path / "f32")
-    export(run, tmp_path / "bf16", dtype="bfloat16", step=5)
-    assert {p.name for p in (tmp_path / "f32").iterdir()} == {
-        "model.safetensors", "config.json", "tokenizer.json"}
-    assert (tmp_path / "bf16" / "model.safetensors").stat().st_size < (
-        tmp_path / "f32" / "model.safetensors").stat().st_size * 0.6
-
-    dst = make_cfg(tmp_path / "run", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=1")
-    other, shardings = build(dst, 4, seed=1)
-    target = abstract_like(other.params, shardings.params)
-    expected = jax.tree.map(np.asarray, state.params)
-    for path in (run, run / "checkpoints" / "5", tmp_path / "f32"):
-        params = load_params(path, target)
-        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), expected)
-        emb = params["backbone"]["wte"]["embedding"]
-        assert emb.sharding == shardings.params["backbone"]["wte"]["embedding"]
-    params = load_params(tmp_path / "bf16", target)
-    assert params["backbone"]["wte"]["embedding"].dtype == np.float32
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-6),
-                 jax.tree.map(np.asarray, params), expected)
-
-    wrong = make_cfg(tmp_path / "x", "model.d_model=64")
-    other, shardings = build(wrong)
-    for path in (run, tmp_path / "f32"):
-        with pytest.raises(CheckpointError, match=r"does not fit this model \(20 differences\): "
-                                                  r"backbone/block_0/attn/key/bias: checkpoint "
-                                                  r"\(4, 8\) vs"):
-            load_params(path, abstract_like(other.params, shardings.params))
 
 
 # ------------------------------------------------------------------ child-process workers
