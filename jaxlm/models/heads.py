@@ -21,15 +21,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.models.layers import dense, dot_f32, dtypes, norm, resolve_auto
+from jaxlm.models.layers import dense, dtypes, norm, resolve_auto
+from jaxlm.models.matmul import contract
 
 Pooling = Literal["cls", "mean", "last"]
 
 
 def tied_logits(x: jax.Array, table: jax.Array, dtype: str) -> jax.Array:
     """(B, L, D) · (V, D)ᵀ → (B, L, V) f32: a decoder that shares the embedding table."""
-    dt = jnp.dtype(dtype)
-    return dot_f32(x.astype(dt), table.astype(dt), (((x.ndim - 1,), (1,)), ((), ())))
+    return contract(x, table, 1, dtype, k_last=True)
 
 
 class LMHead(nn.Module):
@@ -45,7 +45,7 @@ class LMHead(nn.Module):
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab"))
         kernel = self.param("kernel", init, (cfg.d_model, cfg.vocab_size),
                             jnp.dtype(cfg.param_dtype))  # (D, V)
-        return tied_logits(h, kernel.T, cfg.dtype)  # (B, L, V)
+        return contract(h, kernel, 1, cfg.dtype)  # (B, L, V) f32
 
 
 class MaskedLMHead(nn.Module):

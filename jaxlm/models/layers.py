@@ -2,8 +2,9 @@
 
 Every parameter is created with logical axis names (``'embed'``, ``'mlp'``, ``'heads'``...) that
 ``jaxlm.sharding`` maps onto the mesh. Matmuls take inputs in the compute dtype (bf16 by
-default) and accumulate in f32: on XLA:CPU that is what reaches the AMX units (a plain
-bf16→bf16 dot runs as f32), and on accelerators it is the usual mixed-precision recipe.
+default) and accumulate in f32, forward and backward (``jaxlm.models.matmul``): on XLA:CPU
+that is what reaches the AMX units (a plain bf16→bf16 dot runs as f32), and on accelerators
+it is the usual mixed-precision recipe.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-
-# bf16 x bf16 -> f32 accumulation for every matmul in the model.
-dot_f32 = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+from jaxlm.models.matmul import contract
 
 
 @functools.cache
@@ -88,9 +87,7 @@ class Dense(nn.Module):
             x.shape[x.ndim - self.n_in :] + self.features,
             jnp.dtype(self.param_dtype),
         )
-        dt = jnp.dtype(self.dtype)
-        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-        y = dot_f32(x.astype(dt), kernel.astype(dt), (contract, ((), ())))
+        y = contract(x, kernel, self.n_in, self.dtype)
         if self.use_bias:
             bias_init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[-n_out:])
             y = y + self.param("bias", bias_init, self.features, jnp.dtype(self.param_dtype))
