@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_matmul import dot_generals
 
 import jaxlm.models.attention as attention_mod
 from jaxlm.config import ModelConfig
 from jaxlm.models import DecoderLM, MultiHeadAttention, flops_per_token, param_count
+from jaxlm.models.attention import attention_mask
 
 
 def tiny(**kw) -> ModelConfig:
@@ -84,6 +86,33 @@ def test_attention_implementations_agree():
     model, params, out = logits_of(cfg_x, tokens, segment_ids=seg)
     out_d = Jitted(cfg_d).apply({"params": params}, tokens, segment_ids=seg)
     np.testing.assert_allclose(out, out_d, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attention_gradients_agree_and_bf16_backward_runs_in_bf16(dtype):
+    """The written-out core's own backward (``_attend``) against JAX's differentiation of
+    ``jax.nn.dot_product_attention``: GQA, causal + segment mask."""
+    kq, kk, kv, kc = jax.random.split(jax.random.key(4), 4)
+    q = jax.random.normal(kq, (2, 6, 4, 8), dtype)  # (B, L, H, Dh)
+    k, v = (jax.random.normal(x, (2, 6, 2, 8), dtype) for x in (kk, kv))  # Hkv = 2
+    cot = jax.random.normal(kc, (2, 6, 4, 8), jnp.float32)
+    mask = attention_mask(6, 6, True, jnp.asarray([[1, 1, 1, 2, 2, 2], [1] * 6]))
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(
+            attention_mod.dot_product_attention(q, k, v, mask, impl).astype(jnp.float32) * cot)
+
+    got = jax.grad(loss("xla"), (0, 1, 2))(q, k, v)
+    want = jax.grad(loss("dot_product"), (0, 1, 2))(q, k, v)
+    tol = 1e-5 if dtype == jnp.float32 else 0.1
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g.astype(jnp.float32), w.astype(jnp.float32), atol=tol,
+                                   rtol=tol)
+    if dtype == jnp.bfloat16:
+        dots = list(dot_generals(jax.make_jaxpr(jax.grad(loss("xla"), (0, 1, 2)))(q, k, v).jaxpr))
+        assert len(dots) == 6  # QKᵀ, PV; dV, dP, dQ, dK
+        assert all(x.aval.dtype == jnp.bfloat16 for e in dots for x in e.invars)
 
 
 def test_standalone_attention_docstring_and_formula():

@@ -81,9 +81,10 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention: Literal["auto", "xla", "dot_product", "cudnn"] = Field(
         "auto",
-        description="auto: cudnn on NVIDIA GPUs (bf16), else dot_product; xla: explicit "
-        "softmax(QK^T/sqrt(d))V; dot_product: jax.nn.dot_product_attention (XLA's fused "
-        "attention); cudnn: the same with the cuDNN kernel (GPU only)",
+        description="auto: cudnn on NVIDIA GPUs (bf16), xla on CPUs, else dot_product; xla: "
+        "explicit softmax(QK^T/sqrt(d))V with its own mixed-precision backward; dot_product: "
+        "jax.nn.dot_product_attention (XLA's fused attention); cudnn: the same with the "
+        "cuDNN kernel (GPU only)",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",

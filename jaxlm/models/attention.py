@@ -65,12 +65,48 @@ def dot_product_attention(
     b, lq, h, dh = q.shape
     hkv = k.shape[2]
     q = q.reshape(b, lq, hkv, h // hkv, dh)  # (B, Lq, Hkv, G, Dh)
-    scores = einsum_f32("bqhgd,bkhd->bhgqk", q, k) / jnp.sqrt(dh).astype(jnp.float32)
-    if mask is not None:  # (B|1, 1, Lq, Lk) → broadcast over (Hkv, G)
-        scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # (B, Hkv, G, Lq, Lk)
-    out = einsum_f32("bhgqk,bkhd->bqhgd", probs, v)  # (B, Lq, Hkv, G, Dh)
-    return out.reshape(b, lq, h, dh).astype(q.dtype)
+    if mask is None:
+        mask = jnp.ones((1, 1, lq, k.shape[1]), bool)
+    return _attend(q, k, v, mask).reshape(b, lq, h, dh)
+
+
+def _probs(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(QKᵀ/√d_k) (B, Hkv, G, Lq, Lk) in f32, from q (B, Lq, Hkv, G, Dh)."""
+    scores = einsum_f32("bqhgd,bkhd->bhgqk", q, k) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+    # mask (B|1, 1, Lq, Lk) → broadcast over (Hkv, G)
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+@jax.custom_vjp
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """The written-out formula. Every matmul, forward and backward, takes operands in the
+    compute dtype and accumulates in f32 (JAX's own backward would run in f32)."""
+    return _attend_fwd(q, k, v, mask)[0]
+
+
+def _attend_fwd(q, k, v, mask):
+    probs = _probs(q, k, mask).astype(v.dtype)  # (B, Hkv, G, Lq, Lk)
+    out = einsum_f32("bhgqk,bkhd->bqhgd", probs, v).astype(q.dtype)  # (B, Lq, Hkv, G, Dh)
+    return out, (q, k, v, probs, out)
+
+
+def _attend_bwd(res, d_out):  # d_out: (B, Lq, Hkv, G, Dh)
+    q, k, v, probs, out = res
+    dt, scale = q.dtype, 1 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+    d_out = d_out.astype(dt)
+    dv = einsum_f32("bhgqk,bqhgd->bkhd", probs, d_out)  # (B, Lk, Hkv, Dh)
+    dp = einsum_f32("bqhgd,bkhd->bhgqk", d_out, v)  # (B, Hkv, G, Lq, Lk)
+    # softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)), and rowsum(dP ⊙ P) = rowsum(dO ⊙ O)
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)  # (B, Lq, Hkv, G)
+    delta = jnp.moveaxis(delta, 1, -1)  # (B, Hkv, G, Lq)
+    ds = (probs.astype(jnp.float32) * (dp - delta[..., None]) * scale).astype(dt)
+    dq = einsum_f32("bhgqk,bkhd->bqhgd", ds, k)  # (B, Lq, Hkv, G, Dh)
+    dk = einsum_f32("bhgqk,bqhgd->bkhd", ds, q)  # (B, Lk, Hkv, Dh)
+    return dq.astype(dt), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 class MultiHeadAttention(nn.Module):

@@ -33,19 +33,28 @@ def tied_logits(x: jax.Array, table: jax.Array, dtype: str) -> jax.Array:
 
 
 class LMHead(nn.Module):
-    """Next-token logits (B, L, V). ``table`` is the embedding (V, D) when tied."""
+    """Next-token logits (B, L, V). ``table`` is the embedding (V, D) when tied.
+
+    ``project=False`` returns the head's weight instead — the (V, D) table when tied, else
+    the (D, V) kernel — for a loss that projects the hidden states itself
+    (:mod:`jaxlm.tasks.fused_xent`).
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, h: jax.Array, table: jax.Array | None) -> jax.Array:
+    def __call__(self, h: jax.Array, table: jax.Array | None,
+                 project: bool = True) -> jax.Array:
         cfg = resolve_auto(self.cfg)
         if cfg.tie_embeddings:
-            return tied_logits(h, table, cfg.dtype)
-        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab"))
-        kernel = self.param("kernel", init, (cfg.d_model, cfg.vocab_size),
-                            jnp.dtype(cfg.param_dtype))  # (D, V)
-        return contract(h, kernel, 1, cfg.dtype)  # (B, L, V) f32
+            w = table  # (V, D)
+        else:
+            init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab"))
+            w = self.param("kernel", init, (cfg.d_model, cfg.vocab_size),
+                           jnp.dtype(cfg.param_dtype))  # (D, V)
+        if not project:
+            return w
+        return contract(h, w, 1, cfg.dtype, k_last=cfg.tie_embeddings)  # (B, L, V) f32
 
 
 class MaskedLMHead(nn.Module):

@@ -31,6 +31,8 @@ class DecoderLM(nn.Module):
     """Causal language model: tokens (B, L) → logits (B, L, V) in f32.
 
     ``decode=True`` runs on the KV cache (the ``cache`` collection), for :mod:`jaxlm.generate`.
+    ``logits=False`` returns the final hidden states (B, L, D) and the head's weight instead,
+    for the fused head + loss of training (:mod:`jaxlm.tasks.fused_xent`).
     """
 
     cfg: ModelConfig
@@ -38,11 +40,13 @@ class DecoderLM(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, train: bool = False,
-                 decode: bool = False) -> jax.Array:
+                 decode: bool = False, logits: bool = True
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
         backbone = Backbone(self.cfg, name="backbone")
         h = backbone(tokens, positions, segment_ids, train=train, decode=decode)  # (B, L, D)
         table = _embedding_table(backbone) if self.cfg.tie_embeddings else None
-        return LMHead(self.cfg, name="lm_head")(h, table)  # (B, L, V)
+        head = LMHead(self.cfg, name="lm_head")
+        return head(h, table) if logits else (h, head(h, table, project=False))
 
 
 class MaskedLM(nn.Module):

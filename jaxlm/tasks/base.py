@@ -36,11 +36,13 @@ class Task:
         batch = self.dummy_batch()
         return self.model.init(rng, *(batch[k] for k in self.model_keys))["params"]
 
-    def apply(self, params: Any, batch: Batch, rng: jax.Array | None = None) -> jax.Array:
-        """The model's output on ``batch``; dropout is on when ``rng`` is given."""
+    def apply(self, params: Any, batch: Batch, rng: jax.Array | None = None,
+              **kwargs: Any) -> Any:
+        """The model's output on ``batch`` (``kwargs`` go to the model); dropout is on when
+        ``rng`` is given."""
         return self.model.apply(
             {"params": params}, *(batch[k] for k in self.model_keys), train=rng is not None,
-            rngs={"dropout": rng} if rng is not None else {},
+            rngs={"dropout": rng} if rng is not None else {}, **kwargs,
         )
 
     def loss_sums(self, params: Any, batch: Batch,

@@ -17,7 +17,9 @@ import numpy as np
 
 from jaxlm.config import ModelConfig
 from jaxlm.models import DecoderLM
+from jaxlm.models.layers import resolve_auto
 from jaxlm.tasks.base import Batch, Sums, Task
+from jaxlm.tasks.fused_xent import chunk_length, lm_head_cross_entropy
 
 
 def token_cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
@@ -67,8 +69,13 @@ class CausalLM(Task):
 
     def loss_sums(self, params: Any, batch: Batch,
                   rng: jax.Array | None = None) -> tuple[jax.Array, Sums]:
-        logits = self.apply(params, batch, rng)  # (B, L, V) f32
-        return token_cross_entropy_sums(logits, batch["targets"], batch["weights"], self.z_loss)
+        """The LM head and the loss fused over sequence chunks (:mod:`.fused_xent`): the
+        (B, L, V) logits are never materialised."""
+        h, w = self.apply(params, batch, rng, logits=False)  # (B, L, D), head weight
+        cfg = resolve_auto(self.cfg)
+        return lm_head_cross_entropy(
+            h, w, batch["targets"], batch["weights"], self.z_loss, cfg.dtype,
+            cfg.tie_embeddings, chunk_length(*batch["targets"].shape, cfg.vocab_size))
 
     def train_metrics(self, sums: Sums) -> dict[str, jax.Array]:
         return token_metrics(sums)
