@@ -82,23 +82,35 @@ def _zero_sums() -> dict[str, jax.Array]:
 
 
 def _fwd(h, w, targets, weights, z_loss, dtype, k_last, chunk):
+    dt = jnp.dtype(dtype)
+    w_c = w.astype(dt)  # (V, D) tied or (D, V), cast once
+
     def body(carry, xs):
-        total, dw = carry
-        hc, tc, wc = xs
-        logits, head_vjp = jax.vjp(lambda a, b: contract(a, b, 1, dtype, k_last), hc, w)
-        logz, sums = _chunk_sums(logits, tc, wc)  # logits: (B, c, V) f32
+        total, dw_dv = carry
+        hc, tc, wc = xs  # (B, c, D), (B, c), (B, c)
+        logits = contract(hc, w_c, 1, dtype, k_last)  # (B, c, V) f32
+        logz, sums = _chunk_sums(logits, tc, wc)
         # d objective / d logits = weight · (softmax · (1 + 2 z_loss log Z) − onehot(target))
         probs = jnp.exp(logits - logz[..., None])
         onehot = jax.nn.one_hot(tc, logits.shape[-1], dtype=jnp.float32)
-        d_logits = wc[..., None] * (probs * (1 + 2 * z_loss * logz)[..., None] - onehot)
-        dh, dwc = head_vjp(d_logits)
-        return (_add(total, sums), dw + dwc), dh
+        d_logits = (wc[..., None] * (probs * (1 + 2 * z_loss * logz)[..., None] - onehot)
+                    ).astype(dt)
+        dh = _dot(d_logits, w_c, (2,), (0,) if k_last else (1,))  # (B, c, D)
+        # the weight's gradient as (D, V) whatever w's layout: the small hidden chunk is the
+        # operand that gets transposed, not the (B, c, V) one; one transpose after the loop
+        dw_dv = dw_dv + _dot(hc.astype(dt), d_logits, (0, 1), (0, 1))  # (D, V)
+        return (_add(total, sums), dw_dv), dh
 
-    init = (_zero_sums(), jnp.zeros(w.shape, w.dtype))
-    (total, dw), dh = jax.lax.scan(body, init, (_chunks(h, chunk), _chunks(targets, chunk),
-                                                _chunks(weights, chunk)))
+    init = (_zero_sums(), jnp.zeros(w.shape[::-1] if k_last else w.shape, jnp.float32))
+    (total, dw_dv), dh = jax.lax.scan(body, init, (_chunks(h, chunk), _chunks(targets, chunk),
+                                                   _chunks(weights, chunk)))
     out = (total["nll"] + z_loss * total["z"], total)
-    return out, (_unchunk(dh, h.shape[1]), dw)
+    dw = (dw_dv.T if k_last else dw_dv).astype(w.dtype)
+    return out, (_unchunk(dh, h.shape[1]).astype(h.dtype), dw)
+
+
+def _dot(a: jax.Array, b: jax.Array, ca: tuple[int, ...], cb: tuple[int, ...]) -> jax.Array:
+    return jax.lax.dot_general(a, b, ((ca, cb), ((), ())), preferred_element_type=jnp.float32)
 
 
 def _bwd(z_loss, dtype, k_last, chunk, res, g):
