@@ -55,9 +55,16 @@ def attention_mask(
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: Impl = "xla"
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: Impl = "xla",
+    causal: bool = False,
 ) -> jax.Array:
-    """softmax(QKᵀ/√d_k)·V. q: (B, Lq, H, Dh); k, v: (B, Lk, Hkv, Dh) → (B, Lq, H, Dh)."""
+    """softmax(QKᵀ/√d_k)·V. q: (B, Lq, H, Dh); k, v: (B, Lk, Hkv, Dh) → (B, Lq, H, Dh).
+
+    ``causal`` (self-attention over the whole sequence, Lq = Lk): the written-out core skips
+    the key blocks every query of a block is masked from — up to 4 query blocks of at least
+    128, so it computes 62.5-75% of the scores instead of all. Measured on a 2-core CPU:
+    +4% / +10% step rate at sequence 256 (issue / small config), +33% at 1024.
+    """
     if impl != "xla":
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else "xla"
@@ -67,7 +74,13 @@ def dot_product_attention(
     q = q.reshape(b, lq, hkv, h // hkv, dh)  # (B, Lq, Hkv, G, Dh)
     if mask is None:
         mask = jnp.ones((1, 1, lq, k.shape[1]), bool)
-    return _attend(q, k, v, mask).reshape(b, lq, h, dh)
+    nb = min(4, lq // 128)
+    if not causal or lq != k.shape[1] or nb < 2 or lq % nb:
+        return _attend(q, k, v, mask).reshape(b, lq, h, dh)
+    c = lq // nb
+    outs = [_attend(q[:, i * c:(i + 1) * c], k[:, :(i + 1) * c], v[:, :(i + 1) * c],
+                    mask[:, :, i * c:(i + 1) * c, :(i + 1) * c]) for i in range(nb)]
+    return jnp.concatenate(outs, axis=1).reshape(b, lq, h, dh)
 
 
 def _probs(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
@@ -172,7 +185,8 @@ class MultiHeadAttention(nn.Module):
                                   kv_segment_ids, q_start)
         else:
             mask = attention_mask(q.shape[1], k.shape[1], self.causal, segment_ids)
-        out = dot_product_attention(q, k, v, mask, self.impl)  # (B, Lq, H, Dh)
+        out = dot_product_attention(q, k, v, mask, self.impl,
+                                    causal=self.causal and not decode)  # (B, Lq, H, Dh)
         return dense(d_model, ("heads", "head_dim", "embed"), in_axes=2, name="out", **kw)(
             out
         )  # (B, Lq, D)
