@@ -56,6 +56,8 @@ def test_gradient_scales_with_the_cotangent():
 
 
 def test_chunk_length_bounds_the_chunk():
-    assert chunk_length(16, 256, 8192) == 32  # 16 x 32 x 8192 = 4Mi logits
+    assert chunk_length(16, 256, 8192, 1 << 22) == 32  # 16 x 32 x 8192 = 4Mi logits
+    # the default budget is per device: the global batch spreads over all of them
+    assert chunk_length(16, 256, 8192) == min(256, 32 * jax.device_count())
     assert chunk_length(1, 10, 8, elements=1000) == 10  # never longer than the sequence
-    assert chunk_length(64, 2048, 50257) == 1  # never empty
+    assert chunk_length(64, 2048, 50257, 1 << 22) == 1  # never empty
