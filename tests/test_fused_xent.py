@@ -1,5 +1,10 @@
 """The LM head fused with the loss over sequence chunks equals the plain logits path."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +15,7 @@ from jaxlm.tasks.causal_lm import token_cross_entropy_sums
 from jaxlm.tasks.fused_xent import chunk_length, lm_head_cross_entropy
 
 B, L, D, V = 2, 7, 8, 11
+TINY = str(Path(__file__).parents[1] / "configs" / "pretrain" / "tiny.yaml")
 
 
 def inputs(tied: bool):
@@ -61,3 +67,39 @@ def test_chunk_length_bounds_the_chunk():
     assert chunk_length(16, 256, 8192) == min(256, 32 * jax.device_count())
     assert chunk_length(1, 10, 8, elements=1000) == 10  # never longer than the sequence
     assert chunk_length(64, 2048, 50257, 1 << 22) == 1  # never empty
+
+
+STEP_SCRIPT = """
+import sys
+import jax, numpy as np
+from jaxlm.config import load_config
+from jaxlm.train.loop import setup
+for overrides in [[], ["model.family=llama", "model.n_kv_heads=2"],
+                  ["data.seq_len=256", "model.max_seq_len=256", "train.global_batch=64"]]:
+    cfg = load_config(sys.argv[1], ["model.dtype=bfloat16", "logging.progress=false",
+                                    *sys.argv[2:], *overrides])
+    run = setup(cfg)
+    b, n = cfg.train.global_batch, cfg.data.seq_len
+    toks = np.arange(b * n, dtype=np.int32).reshape(b, n) % cfg.model.vocab_size
+    batch = jax.device_put({"inputs": toks, "targets": toks, "positions": np.tile(
+        np.arange(n, dtype=np.int32), (b, 1)), "segment_ids": np.ones_like(toks),
+        "weights": np.ones((b, n), np.float32)}, run.batch_sharding)
+    for _ in range(2):
+        run.state, metrics = run.train_step(run.state, batch)
+    assert np.isfinite(float(metrics["loss"])), overrides
+    print("ok", overrides)
+"""
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_bf16_train_steps_compile_and_run(devices):
+    """Every bf16 matmul of the step must reach a kernel that takes bf16 — XLA:CPU has none
+    for some transposed forms ("Unsupported element type for DotThunk::Execute: BF16 x BF16
+    = F32"), which a transpose folded into the loss's one-chunk loop produced. Forced bf16
+    (not ``auto``), so every CPU checks it: the tiny model with one loss chunk and a tied
+    head, Llama (untied head, GQA), and several loss chunks; on 1 and on 8 devices."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    done = subprocess.run([sys.executable, "-c", STEP_SCRIPT, TINY, f"mesh.data={devices}"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("ok") == 3

@@ -113,7 +113,10 @@ def _fwd(h, w, targets, weights, z_loss, dtype, k_last, chunk):
     (total, dw_dv), dh = jax.lax.scan(body, init, (_chunks(h, chunk), _chunks(targets, chunk),
                                                    _chunks(weights, chunk)))
     out = (total["nll"] + z_loss * total["z"], total)
-    dw = (dw_dv.T if k_last else dw_dv).astype(w.dtype)
+    # the barrier keeps XLA from folding this transpose into the loop's dot when the loop
+    # has one chunk: a bf16 dot in that transposed form has no XLA:CPU kernel (it fails with
+    # "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32")
+    dw = (jax.lax.optimization_barrier(dw_dv).T if k_last else dw_dv).astype(w.dtype)
     return out, (_unchunk(dh, h.shape[1]).astype(h.dtype), dw)
 
 
