@@ -53,13 +53,15 @@ class Estimate:
 
 def _for_device(cfg: Config, device_kind: str) -> Config:
     """The config as it would run on ``device_kind``: bf16 compute on accelerators (``auto``
-    would pick this CPU's dtype), and the XLA attention the CPU compiler can lower."""
+    would pick this CPU's dtype), and the attention ``auto`` picks there, as the XLA form the
+    CPU compiler can lower. (The fused loss's chunks follow this CPU's budget, 16 MiB of
+    logits per device instead of an accelerator's 256 MiB: a difference well under 1 GiB.)"""
     model = cfg.model
     accel = device_kind.lower() != "cpu"
     update: dict[str, Any] = {}
     if model.dtype == "auto":
         update["dtype"] = "bfloat16" if accel else "float32"
-    if model.attention == "cudnn":
+    if model.attention == "cudnn" or (accel and model.attention == "auto"):
         update["attention"] = "dot_product"
     return cfg.model_copy(update={"model": model.model_copy(update=update)}) if update else cfg
 
