@@ -2,7 +2,9 @@
 
 Two interchangeable implementations of the core, chosen by ``impl``:
 
-- ``'xla'``: the formula written out with einsums (readable; f32 softmax);
+- ``'xla'``: the formula written out with einsums (readable; f32 softmax), with its own
+  backward so every matmul both ways runs in the compute dtype, and causal query blocks
+  that skip fully masked keys; the default on CPUs;
 - ``'dot_product'`` / ``'cudnn'``: ``jax.nn.dot_product_attention`` (XLA, or the fused cuDNN
   kernel on NVIDIA GPUs).
 

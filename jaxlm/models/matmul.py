@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 
 
-def _dot(a: jax.Array, b: jax.Array, ca: tuple[int, ...], cb: tuple[int, ...]) -> jax.Array:
+def dot_f32(a: jax.Array, b: jax.Array, ca: tuple[int, ...], cb: tuple[int, ...]) -> jax.Array:
+    """``a``'s axes ``ca`` contracted with ``b``'s ``cb`` (no batch axes), accumulated in f32:
+    (a's other axes, b's other axes)."""
     return jax.lax.dot_general(a, b, ((ca, cb), ((), ())), preferred_element_type=jnp.float32)
 
 
@@ -41,7 +43,7 @@ def _w_axes(w: jax.Array, n: int, k_last: bool) -> tuple[tuple[int, ...], tuple[
 def _forward(x, w, n, dtype, k_last):
     dt = jnp.dtype(dtype)
     xc, wc = x.astype(dt), w.astype(dt)
-    y = _dot(xc, wc, tuple(range(x.ndim - n, x.ndim)), _w_axes(w, n, k_last)[0])
+    y = dot_f32(xc, wc, tuple(range(x.ndim - n, x.ndim)), _w_axes(w, n, k_last)[0])
     # empty arrays carry the operands' dtypes to the backward (residuals must be arrays)
     return y, (xc, wc, jnp.empty((0,), x.dtype), jnp.empty((0,), w.dtype))
 
@@ -52,8 +54,8 @@ def _backward(n, dtype, k_last, res, g):  # g: (..., *out) f32
     lead = tuple(range(xc.ndim - n))
     w_out = _w_axes(wc, n, k_last)[1]
     # dx (..., *k) = g · wᵀ over *out;  dw = xᵀ · g over the leading axes (...)
-    dx = _dot(g, wc, tuple(range(len(lead), g.ndim)), w_out)
-    dw = _dot(g, xc, lead, lead) if k_last else _dot(xc, g, lead, lead)
+    dx = dot_f32(g, wc, tuple(range(len(lead), g.ndim)), w_out)
+    dw = dot_f32(g, xc, lead, lead) if k_last else dot_f32(xc, g, lead, lead)
     return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype)
 
 

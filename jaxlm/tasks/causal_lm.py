@@ -19,21 +19,14 @@ from jaxlm.config import ModelConfig
 from jaxlm.models import DecoderLM
 from jaxlm.models.layers import resolve_auto
 from jaxlm.tasks.base import Batch, Sums, Task
-from jaxlm.tasks.fused_xent import chunk_length, lm_head_cross_entropy
+from jaxlm.tasks.fused_xent import chunk_length, lm_head_cross_entropy, token_sums
 
 
 def token_cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                              z_loss: float) -> tuple[jax.Array, Sums]:
     """Summed weighted NLL (+ z-loss) of (B, L, V) logits, and the sums to average it."""
-    logz = jax.nn.logsumexp(logits, axis=-1)  # (B, L)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = jnp.sum((logz - target_logit) * weights)
-    # (the target is predicted when its logit is the largest: one max over V, which XLA
-    # shares with logsumexp's, instead of a separate argmax pass over the (B, L, V) logits)
-    correct = jnp.sum((target_logit >= jnp.max(logits, -1)) * weights)
-    zl = jnp.sum(jnp.square(logz) * weights)
-    return nll + z_loss * zl, {"nll": nll, "weight": jnp.sum(weights), "z": zl,
-                               "correct": correct}
+    _, sums = token_sums(logits, targets, weights)
+    return sums["nll"] + z_loss * sums["z"], sums
 
 
 def token_metrics(sums: Any) -> dict[str, Any]:

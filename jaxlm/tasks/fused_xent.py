@@ -8,8 +8,8 @@ hot in cache, and only the sums and the gradients of the hidden states (B, L, D)
 head weight leave it. The gradients are computed in the forward pass (the loss is linear in
 its cotangent), so nothing is recomputed and the logits are never stored.
 
-The sums match :func:`jaxlm.tasks.causal_lm.token_cross_entropy_sums` on the same logits;
-only the first output (the objective) is differentiable, the sums are metrics.
+The sums are :func:`token_sums`' (which the unfused path uses too); only the first output
+(the objective) is differentiable, the sums are metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxlm.models.matmul import contract
+from jaxlm.models.matmul import contract, dot_f32
 
 # logits per chunk and device: 16 MiB of f32 on CPUs, where the chunk should stay in cache
 # (measured on a 2-core CPU, B=16, V=8192: chunks of 16-64 positions all ran the head + loss
@@ -54,10 +54,13 @@ def _unchunk(x: jax.Array, length: int) -> jax.Array:
     return jnp.moveaxis(x, 0, 1).reshape(b, n * c, *x.shape[3:])[:, :length]
 
 
-def _chunk_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One chunk's log-normaliser (B, c) and sums, from its logits (B, c, V) f32."""
-    logz = jax.nn.logsumexp(logits, axis=-1)  # (B, c)
+def token_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The log-normaliser (..., L) of logits (..., L, V) f32 and the weighted sums of the
+    token loss: NLL, weight, log²Z (z-loss) and correct predictions. (The target is
+    predicted when its logit is the largest: one max over V, which XLA shares with
+    logsumexp's, instead of a separate argmax pass.)"""
+    logz = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return logz, {"nll": jnp.sum((logz - target_logit) * weights), "weight": jnp.sum(weights),
                   "z": jnp.sum(jnp.square(logz) * weights),
@@ -78,7 +81,7 @@ def lm_head_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, weight
     def body(total, xs):
         hc, tc, wc = xs
         logits = contract(hc, w, 1, dtype, k_last)  # (B, c, V)
-        return _add(total, _chunk_sums(logits, tc, wc)[1]), None
+        return _add(total, token_sums(logits, tc, wc)[1]), None
 
     total, _ = jax.lax.scan(body, _zero_sums(), (_chunks(h, chunk), _chunks(targets, chunk),
                                                  _chunks(weights, chunk)))
@@ -97,16 +100,16 @@ def _fwd(h, w, targets, weights, z_loss, dtype, k_last, chunk):
         total, dw_dv = carry
         hc, tc, wc = xs  # (B, c, D), (B, c), (B, c)
         logits = contract(hc, w_c, 1, dtype, k_last)  # (B, c, V) f32
-        logz, sums = _chunk_sums(logits, tc, wc)
+        logz, sums = token_sums(logits, tc, wc)
         # d objective / d logits = weight · (softmax · (1 + 2 z_loss log Z) − onehot(target))
         probs = jnp.exp(logits - logz[..., None])
         onehot = jax.nn.one_hot(tc, logits.shape[-1], dtype=jnp.float32)
         d_logits = (wc[..., None] * (probs * (1 + 2 * z_loss * logz)[..., None] - onehot)
                     ).astype(dt)
-        dh = _dot(d_logits, w_c, (2,), (0,) if k_last else (1,))  # (B, c, D)
+        dh = dot_f32(d_logits, w_c, (2,), (0,) if k_last else (1,))  # (B, c, D)
         # the weight's gradient as (D, V) whatever w's layout: the small hidden chunk is the
         # operand that gets transposed, not the (B, c, V) one; one transpose after the loop
-        dw_dv = dw_dv + _dot(hc.astype(dt), d_logits, (0, 1), (0, 1))  # (D, V)
+        dw_dv = dw_dv + dot_f32(hc.astype(dt), d_logits, (0, 1), (0, 1))  # (D, V)
         return (_add(total, sums), dw_dv), dh
 
     init = (_zero_sums(), jnp.zeros(w.shape[::-1] if k_last else w.shape, jnp.float32))
@@ -118,10 +121,6 @@ def _fwd(h, w, targets, weights, z_loss, dtype, k_last, chunk):
     # "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32")
     dw = (jax.lax.optimization_barrier(dw_dv).T if k_last else dw_dv).astype(w.dtype)
     return out, (_unchunk(dh, h.shape[1]).astype(h.dtype), dw)
-
-
-def _dot(a: jax.Array, b: jax.Array, ca: tuple[int, ...], cb: tuple[int, ...]) -> jax.Array:
-    return jax.lax.dot_general(a, b, ((ca, cb), ((), ())), preferred_element_type=jnp.float32)
 
 
 def _bwd(z_loss, dtype, k_last, chunk, res, g):
