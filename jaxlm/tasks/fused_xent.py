@@ -83,9 +83,17 @@ def lm_head_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, weight
         logits = contract(hc, w, 1, dtype, k_last)  # (B, c, V)
         return _add(total, token_sums(logits, tc, wc)[1]), None
 
-    total, _ = jax.lax.scan(body, _zero_sums(), (_chunks(h, chunk), _chunks(targets, chunk),
-                                                 _chunks(weights, chunk)))
-    return total["nll"] + z_loss * total["z"], total
+    total, _ = jax.lax.scan(body, _zero_sums(), _scanned(h, targets, weights, chunk))
+    return _objective(total, z_loss), total
+
+
+def _scanned(h, targets, weights, chunk):
+    """The scan's inputs: hidden states, targets and weights, chunk by chunk."""
+    return tuple(_chunks(x, chunk) for x in (h, targets, weights))
+
+
+def _objective(total: dict[str, jax.Array], z_loss: float) -> jax.Array:
+    return total["nll"] + z_loss * total["z"]
 
 
 def _zero_sums() -> dict[str, jax.Array]:
@@ -113,9 +121,8 @@ def _fwd(h, w, targets, weights, z_loss, dtype, k_last, chunk):
         return (_add(total, sums), dw_dv), dh
 
     init = (_zero_sums(), jnp.zeros(w.shape[::-1] if k_last else w.shape, jnp.float32))
-    (total, dw_dv), dh = jax.lax.scan(body, init, (_chunks(h, chunk), _chunks(targets, chunk),
-                                                   _chunks(weights, chunk)))
-    out = (total["nll"] + z_loss * total["z"], total)
+    (total, dw_dv), dh = jax.lax.scan(body, init, _scanned(h, targets, weights, chunk))
+    out = (_objective(total, z_loss), total)
     # the barrier keeps XLA from folding this transpose into the loop's dot when the loop
     # has one chunk: a bf16 dot in that transposed form has no XLA:CPU kernel (it fails with
     # "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32")
