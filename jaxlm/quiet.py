@@ -8,7 +8,8 @@ one ``jaxlm: error:`` line instead of a pile of tracebacks and log records sayin
   re-raises the failure as a ``TrainingError`` and puts these records in the process log.
 * :func:`quiet_orbax_leftovers`: after such a failure, tensorstore's write callbacks that
   arrive once Orbax closed its event loop (``RuntimeError: Event loop is closed``, once per
-  array) and asyncio's "Task exception was never retrieved" for Orbax's write tasks (at exit).
+  array), asyncio's "Task exception was never retrieved" for Orbax's write tasks (at exit)
+  and Python's "coroutine ... was never awaited" for Orbax's write fragments never started.
 * :func:`quiet_writer_thread`: the traceback of TensorBoard's event-writer thread when a
   write fails; the same error is raised again in the training thread, where it is reported.
 * :func:`quiet_hub_retries`: huggingface_hub's retry warnings while a hub dataset is looked
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -86,13 +88,17 @@ def _from_orbax(record: logging.LogRecord) -> bool:
 
 
 _LEFTOVER_TASKS = _OrbaxLeftoverTasks()
+# Orbax's serialization coroutine per array fragment (orbax/checkpoint/_src/serialization).
+_UNSTARTED_WRITES = r"coroutine 'async_serialize_from_host\.<locals>\.write_fragment' was never"
 
 
 def quiet_orbax_leftovers(sink: Callable[[str], Any]) -> None:
     """Drop the late reports of a failed Orbax save: tensorstore callbacks after Orbax's event
-    loop closed (``Event loop is closed``) and Orbax's write tasks whose exception was never
-    retrieved; the second kind goes to ``sink``. Idempotent."""
+    loop closed (``Event loop is closed``), Orbax's write tasks whose exception was never
+    retrieved (these go to ``sink``) and the ``RuntimeWarning`` for Orbax's fragment writes
+    that never started (garbage-collected at exit, after jaxlm's error line). Idempotent."""
     _LEFTOVER_TASKS.sink = sink
+    warnings.filterwarnings("ignore", _UNSTARTED_WRITES, RuntimeWarning)
     logger = logging.getLogger("asyncio")
     if _LEFTOVER_TASKS not in logger.filters:
         logger.addFilter(_LEFTOVER_TASKS)
