@@ -32,6 +32,7 @@ import numpy as np
 from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import load_config
+from jaxlm.hostmem import retain_freed_memory
 from jaxlm.models import flops_per_token, param_count
 from jaxlm.models.layers import resolve_auto
 from jaxlm.profiling import measure_cpu_peak_flops
@@ -197,12 +198,14 @@ def main() -> None:
     p.add_argument("--jax-override", nargs="*", default=[],
                    help="jaxlm config overrides to try a lever (the table says which)")
     args = p.parse_args()
+    retained = retain_freed_memory()  # as the `jaxlm` command does, before any thread starts
     import torch
 
     cpu, native_bf16 = cpu_description()
     peak = measure_cpu_peak_flops()
     print(f"{cpu}; {os.cpu_count()} cores; jax {jax.__version__}, flax {flax.__version__}, "
-          f"torch {torch.__version__}; measured matmul plateau {peak / 1e12:.3f} TFLOP/s",
+          f"torch {torch.__version__}; measured matmul plateau {peak / 1e12:.3f} TFLOP/s; "
+          f"freed memory {'kept for reuse' if retained else 'returned to the OS'}",
           flush=True)
     rows = [bench(n, args.rounds, args.steps, peak, native_bf16, args.jax_override)
             for n in args.configs]
@@ -218,7 +221,10 @@ def main() -> None:
              + (f" plus `{' '.join(args.jax_override)}`" if args.jax_override else "")
              + ". PyTorch: the same model with `scaled_dot_product_attention`"
              + (", bf16 autocast rows because this CPU has native bf16." if native_bf16 else
-                "; no bf16 rows: this CPU has no native bf16."), "",
+                "; no bf16 rows: this CPU has no native bf16.")
+             + (" The process keeps freed memory for reuse, as the `jaxlm` command does"
+                " (`jaxlm/hostmem.py`); PyTorch runs in the same process." if retained else
+                " Freed memory goes back to the OS (`jaxlm/hostmem.py` not applied)."), "",
              "| config | params | batch | jaxlm dtype | jaxlm tok/s | MFU | "
              + " | ".join(f"{n} tok/s" for n in names) + " | "
              + " | ".join(f"jaxlm / {n}" for n in names) + " |",

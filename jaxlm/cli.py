@@ -292,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``jaxlm`` command; ``argv`` None reads the command line."""
+    if argv is None:  # a process of its own: CPU steps reuse their memory (jaxlm/hostmem.py)
+        from jaxlm.hostmem import retain_freed_memory
+
+        retain_freed_memory()
     # `datasets` imports torch on first use when it is installed (seconds); jaxlm never needs it.
     os.environ.setdefault("USE_TORCH", "0")
     args = build_parser().parse_args(argv)

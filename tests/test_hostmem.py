@@ -1,0 +1,78 @@
+"""jaxlm/hostmem.py: a CPU-only ``jaxlm`` process reuses freed memory instead of faulting in
+fresh pages for every train step's temporaries."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxlm import cli, hostmem
+
+ROOT = Path(__file__).parents[1]
+
+# A worker thread (as XLA's are) mallocs, touches and frees 256 MiB three times; the page
+# faults of the last round are printed.
+_ROUNDS = """
+import ctypes, resource, sys, threading
+from jaxlm.hostmem import retain_freed_memory
+print(retain_freed_memory())
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+faults = []
+def rounds(n=256 << 20):
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(n)
+        ctypes.memset(p, 1, n)
+        libc.free(p)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+t = threading.Thread(target=rounds)
+t.start(); t.join()
+print(faults[-1])
+"""
+
+
+def _last_round_faults(**env: str) -> tuple[bool, int]:
+    full = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    out = subprocess.run([sys.executable, "-c", _ROUNDS], capture_output=True, text=True,
+                         cwd=ROOT, env=full, check=True).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc settings")
+def test_a_freed_block_is_reused_without_page_faults():
+    applied, faults = _last_round_faults()
+    assert applied and faults < 1000, faults  # 65,536 pages of 4 KiB when each is fresh
+    applied, faults = _last_round_faults(JAXLM_HOST_MALLOC="system")
+    assert not applied
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not (thp.exists() and "[always]" in thp.read_text()):  # else 2 MiB pages fault fewer
+        assert faults > 30000, faults
+
+
+def test_only_cpu_only_runs_change_malloc(monkeypatch):
+    monkeypatch.setattr(hostmem, "entry_points", lambda group: [])
+    monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
+    for platforms, expected in [("cpu", True), ("cpu,cuda", True), ("cuda,cpu", False),
+                                ("tpu", False)]:
+        monkeypatch.setenv("JAX_PLATFORMS", platforms)
+        assert hostmem.cpu_only() is expected, platforms
+    monkeypatch.delenv("JAX_PLATFORMS")
+    assert hostmem.cpu_only()  # no accelerator plugin in this environment
+    monkeypatch.setattr(hostmem, "entry_points", lambda group: ["xla_cuda13"])
+    assert not hostmem.cpu_only()  # jax would pick the GPU: leave malloc alone
+    assert not hostmem.retain_freed_memory()
+
+
+def test_the_command_applies_it_and_in_process_calls_do_not(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(hostmem, "retain_freed_memory", lambda: calls.append(1) or True)
+    missing = str(tmp_path / "missing.yaml")
+    assert cli.main(["train", missing]) == 2  # called from Python (tests, notebooks): no
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["jaxlm", "train", missing])
+    assert cli.main() == 2  # the `jaxlm` command
+    assert calls == [1]
