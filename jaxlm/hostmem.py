@@ -8,7 +8,7 @@ zeroes all of its pages again: 337k page faults and ~0.6 s of system time per 2.
 (``M_MMAP_MAX`` 0), never to give freed heap memory back (``M_TRIM_THRESHOLD``) and to keep
 one arena (``M_ARENA_MAX`` 1: XLA's worker threads allocate the block, and a thread arena is
 capped at 64 MiB, so it would fall back to ``mmap``). Then the block is reused, with no page
-faults; the ``small`` step ran 15-25% faster in separate-process A/B runs (BENCHMARKS.md).
+faults; the ``small`` step ran 15-29% faster (three separate-process pairs, BENCHMARKS.md).
 
 The cost: the heap keeps its peak, about one more temporaries block (the next step's is
 allocated while the current one runs), e.g. 2.1 → 4.6 GiB resident for ``small``. It must be
