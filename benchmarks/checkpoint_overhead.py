@@ -10,7 +10,7 @@ averaged over all steps (saves included), the time the training thread is blocke
 and the checkpoint size. The final wait for the last async save is reported separately: it is
 paid once, at the end of a run.
 
-Integrity: the time to write a step's manifest (``jaxlm.checkpoint_integrity``: every file's
+Integrity: the time to write a step's manifest (``jaxlm.checkpoint.integrity``: every file's
 size and SHA-256, hashed in a background thread once the step is final) and to verify it
 before a restore, next to the whole restore (``Checkpointer.restore``, verification included),
 each the median of ``--repeats`` runs on the last saved step. The "Checkpoint overhead"
@@ -40,8 +40,8 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 from report import replace_section  # benchmarks/report.py
 
-from jaxlm.checkpoint import Checkpointer  # noqa: E402
-from jaxlm.checkpoint_integrity import verify, write_manifest  # noqa: E402
+from jaxlm.checkpoint.checkpointer import Checkpointer  # noqa: E402
+from jaxlm.checkpoint.integrity import verify, write_manifest  # noqa: E402
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.data.pipeline import build_pipeline, to_global  # noqa: E402
 from jaxlm.models import param_count  # noqa: E402
@@ -185,7 +185,7 @@ def main() -> None:
         "On 2 shared CPU cores the background write competes with the train step for the same "
         "cores, so async saving still costs some step time here; on an accelerator the step "
         "runs on the device while the host writes.", "",
-        "Integrity manifests (`jaxlm.checkpoint_integrity`): once a step is final, process 0 "
+        "Integrity manifests (`jaxlm.checkpoint.integrity`): once a step is final, process 0 "
         "hashes its files (SHA-256) in a background thread and writes `jaxlm_manifest.json`; "
         "before a step is restored the files are hashed again and compared. Medians of "
         f"{args.repeats} runs on the last saved step; *restore* is the whole "

@@ -32,10 +32,10 @@ import numpy as np
 from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import load_config
-from jaxlm.hostmem import retain_freed_memory
 from jaxlm.models import flops_per_token, param_count
 from jaxlm.models.layers import resolve_auto
 from jaxlm.profiling import measure_cpu_peak_flops
+from jaxlm.runtime.hostmem import retain_freed_memory
 from jaxlm.train.loop import setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,8 +223,8 @@ def main() -> None:
              + (", bf16 autocast rows because this CPU has native bf16." if native_bf16 else
                 "; no bf16 rows: this CPU has no native bf16.")
              + (" The process keeps freed memory for reuse, as the `jaxlm` command does"
-                " (`jaxlm/hostmem.py`); PyTorch runs in the same process." if retained else
-                " Freed memory goes back to the OS (`jaxlm/hostmem.py` not applied)."), "",
+                " (`jaxlm/runtime/hostmem.py`); PyTorch runs in the same process." if retained else
+                " Freed memory goes back to the OS (`jaxlm/runtime/hostmem.py` not applied)."), "",
              "| config | params | batch | jaxlm dtype | jaxlm tok/s | MFU | "
              + " | ".join(f"{n} tok/s" for n in names) + " | "
              + " | ".join(f"jaxlm / {n}" for n in names) + " |",

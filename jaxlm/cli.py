@@ -32,8 +32,8 @@ EXIT_BAD_INPUT = 2
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"jaxlm: error: {msg}", file=sys.stderr)
-    if "jaxlm.distributed" in sys.modules:  # one of several processes: don't keep the rest waiting
-        sys.modules["jaxlm.distributed"].exit_if_failed(code)
+    if "jaxlm.runtime.distributed" in sys.modules:  # several processes: don't keep the rest waiting
+        sys.modules["jaxlm.runtime.distributed"].exit_if_failed(code)
     return code
 
 
@@ -169,7 +169,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from jaxlm.export import export
+    from jaxlm.checkpoint.export import export
 
     path = export(args.run_dir, args.out, dtype=args.dtype, step=args.step,
                   overwrite=args.overwrite)
@@ -293,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``jaxlm`` command; ``argv`` None reads the command line."""
-    if argv is None:  # a process of its own: CPU steps reuse their memory (jaxlm/hostmem.py)
-        from jaxlm.hostmem import retain_freed_memory
+    if argv is None:  # a process of its own: CPU steps reuse their memory (runtime/hostmem.py)
+        from jaxlm.runtime.hostmem import retain_freed_memory
 
         retain_freed_memory()
     # `datasets` imports torch on first use when it is installed (seconds); jaxlm never needs it.
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as err:
         return _fail(str(err), code=1)
     except OSError as err:  # a file jaxlm did not expect to fail on: one line all the same
-        from jaxlm.rundir import NO_SPACE, os_errno, reason
+        from jaxlm.runtime.rundir import NO_SPACE, os_errno, reason
 
         return _fail(reason(err), code=1 if os_errno(err) in (*NO_SPACE, errno.EIO) else 2)
     except KeyboardInterrupt:

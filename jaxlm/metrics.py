@@ -43,8 +43,8 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboard.util import tensor_util
 
 from jaxlm.errors import TrainingError, UserError
-from jaxlm.quiet import quiet_writer_thread
-from jaxlm.rundir import write_error
+from jaxlm.runtime.quiet import quiet_writer_thread
+from jaxlm.runtime.rundir import write_error
 
 # Metric tags the TensorBoard hparams dashboard shows next to each run's hyperparameters.
 JSONL = "metrics.jsonl"
@@ -132,7 +132,7 @@ class MetricsWriter:
     attempt logged after that step is dropped from ``metrics.jsonl`` and the event files
     first, since the run redoes those steps: each step is recorded once, by the attempt whose
     state the run kept. A failed write (a full disk) raises a one-line error (see
-    :func:`jaxlm.rundir.write_error`).
+    :func:`jaxlm.runtime.rundir.write_error`).
     """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxlm.checkpoint import (
+from jaxlm.checkpoint.checkpointer import (
     Checkpointer,
     CheckpointError,
     CheckpointWarning,

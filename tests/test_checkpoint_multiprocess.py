@@ -44,7 +44,7 @@ def flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 def test_two_processes_preempt_together_and_reshard_into_one(tmp_path):
     from test_checkpoint import build
 
-    from jaxlm.checkpoint import Checkpointer, CheckpointWarning
+    from jaxlm.checkpoint.checkpointer import Checkpointer, CheckpointWarning
     from jaxlm.config import load_config
     from jaxlm.data.tokenizer import load_tokenizer
 
@@ -102,7 +102,7 @@ def worker(pid: int, port: str, run_dir: str) -> None:
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     from jax.experimental import multihost_utils
 
-    from jaxlm.checkpoint import Checkpointer
+    from jaxlm.checkpoint.checkpointer import Checkpointer
     from jaxlm.config import load_config
     from jaxlm.train.loop import setup, train
 

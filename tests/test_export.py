@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_checkpoint import DATA, build, checkpointer, make_cfg
 
-from jaxlm.checkpoint import CheckpointError, abstract_like
-from jaxlm.export import export, load_params
+from jaxlm.checkpoint.checkpointer import CheckpointError, abstract_like
+from jaxlm.checkpoint.export import export, load_params
 
 
 def test_export_and_load_params(tmp_path):

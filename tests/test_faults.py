@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jaxlm.cli import main
-from jaxlm.runlock import LOCK
+from jaxlm.runtime.runlock import LOCK
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")

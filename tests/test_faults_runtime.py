@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from jaxlm import tee
-from jaxlm.checkpoint_integrity import verify
-from jaxlm.coordinator import CoordinatorPortError, check_port_free, wait_for_coordinator
+from jaxlm.checkpoint.integrity import verify
 from jaxlm.errors import TrainingError
+from jaxlm.runtime import tee
+from jaxlm.runtime.coordinator import CoordinatorPortError, check_port_free, wait_for_coordinator
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
@@ -138,7 +138,7 @@ def test_taken_coordinator_port_ends_every_process_in_one_line_within_seconds(tm
 
 
 def test_a_crash_report_reaches_the_terminal_as_one_line(tmp_path):
-    """What a survivor's stderr tee does with JAX's heartbeat abort (see jaxlm.tee)."""
+    """What a survivor's stderr tee does with JAX's heartbeat abort (see jaxlm.runtime.tee)."""
     log = tmp_path / "process_0.log"
     report = (
         "\rtrain 40%\rtrain 50%\n"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from finetunehelpers import finetune_args, last_json, pretrain, synthetic, synthetic_dir
 
+from jaxlm.checkpoint.export import load_params
 from jaxlm.cli import main
 from jaxlm.config import ModelConfig, load_config
-from jaxlm.export import load_params
 from jaxlm.finetune.backbone import resolve_backbone
 from jaxlm.finetune.batching import train_plan
 from jaxlm.finetune.loop import _initial_state

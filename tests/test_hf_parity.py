@@ -122,8 +122,8 @@ def test_jaxlm_run_exports_to_transformers(family, tmp_path, capsys):
     import jax
     from finetunehelpers import pretrain
 
+    from jaxlm.checkpoint.export import load_params
     from jaxlm.config import ModelConfig
-    from jaxlm.export import load_params
     from jaxlm.models import DecoderLM, MaskedLM
 
     extra = {"gpt2": [], "llama": ["model.n_kv_heads=2"], "bert": ["data.mode=mlm"]}[family]

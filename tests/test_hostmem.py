@@ -1,4 +1,4 @@
-"""jaxlm/hostmem.py: a CPU-only ``jaxlm`` process reuses freed memory instead of faulting in
+"""jaxlm/runtime/hostmem.py: a CPU-only ``jaxlm`` process reuses freed memory instead of faulting in
 fresh pages for every train step's temporaries."""
 
 import os
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxlm import cli, hostmem
+from jaxlm import cli
+from jaxlm.runtime import hostmem
 
 ROOT = Path(__file__).parents[1]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).parents[1]
 # faults of the last round are printed.
 _ROUNDS = """
 import ctypes, resource, sys, threading
-from jaxlm.hostmem import retain_freed_memory
+from jaxlm.runtime.hostmem import retain_freed_memory
 print(retain_freed_memory())
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

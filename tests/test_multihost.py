@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import jax
 import pytest
 
-from jaxlm import distributed
 from jaxlm.config import ConfigError, DistributedConfig, load_config
-from jaxlm.distributed import DistributedError, detect_cluster, plan
+from jaxlm.runtime import distributed
+from jaxlm.runtime.distributed import DistributedError, detect_cluster, plan
 from jaxlm.sharding import hybrid_devices, make_mesh, mesh_shapes
 
 ROOT = Path(__file__).parents[1]
@@ -165,7 +165,7 @@ def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_transcript_survives_an_abort_and_keeps_the_last_redraw(tmp_path):
     proc = _python("""
         import os, sys
-        from jaxlm import distributed
+        from jaxlm.runtime import distributed
         distributed.setup_process_log(sys.argv[1], process_index=3, capture=True)
         print("to stdout", flush=True)
         print("to stderr", file=sys.stderr, flush=True)
@@ -183,7 +183,7 @@ def test_transcript_survives_an_abort_and_keeps_the_last_redraw(tmp_path):
 def test_failed_process_of_a_multi_process_run_exits_at_once(tmp_path):
     proc = _python("""
         import atexit
-        from jaxlm import distributed
+        from jaxlm.runtime import distributed
         atexit.register(lambda: print("atexit ran (JAX's shutdown barrier would wait here)"))
         distributed._info = distributed.ProcessInfo(1, 2, "test")
         distributed.exit_if_failed(0)

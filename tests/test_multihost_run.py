@@ -28,9 +28,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm.checkpoint import Checkpointer
+from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import load_config
-from jaxlm.distributed import FATAL_MARKER
+from jaxlm.runtime.distributed import FATAL_MARKER
 from jaxlm.train.loop import setup, train
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""jaxlm/quiet.py: library noise after a failure that jaxlm reports in one line."""
+"""jaxlm/runtime/quiet.py: library noise after a failure that jaxlm reports in one line."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ ROOT = Path(__file__).parents[1]
 
 _UNSTARTED = """
 import sys
-from jaxlm.quiet import quiet_orbax_leftovers
+from jaxlm.runtime.quiet import quiet_orbax_leftovers
 
 def async_serialize_from_host():  # named as Orbax's; its fragment writes never start
     async def write_fragment():

@@ -65,7 +65,7 @@ class MeshConfig(Section):
 
 
 class CheckpointConfig(Section):
-    """Orbax checkpoints in ``RUN_DIR/checkpoints`` (see :mod:`jaxlm.checkpoint`).
+    """Orbax checkpoints in ``RUN_DIR/checkpoints`` (see :mod:`jaxlm.checkpoint.checkpointer`).
 
     ``resume``: ``auto`` continues from the latest checkpoint in the run directory (a fresh
     start if there is none); ``never`` starts afresh and refuses a run directory that already
@@ -117,7 +117,7 @@ class LoggingConfig(Section):
 
 
 class DistributedConfig(Section):
-    """Multi-process runs: how ``jax.distributed`` is started (see :mod:`jaxlm.distributed`).
+    """Multi-process runs: how ``jax.distributed`` is started (:mod:`jaxlm.runtime.distributed`).
 
     ``mode``: ``auto`` starts it when the run is given a coordinator (here or in the
     ``JAXLM_COORDINATOR_ADDRESS`` / ``JAXLM_NUM_PROCESSES`` / ``JAXLM_PROCESS_ID`` environment)

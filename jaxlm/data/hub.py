@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxlm.data.errors import DataError
-from jaxlm.quiet import quiet_hub_retries
+from jaxlm.runtime.quiet import quiet_hub_retries
 
 
 def offline_settings() -> list[str]:

@@ -28,7 +28,7 @@ from jaxlm.data.errors import DataError
 from jaxlm.data.hub import load_hub
 from jaxlm.data.textfiles import COMPRESSION, text_examples
 from jaxlm.data.tokenizer import default_corpus_files
-from jaxlm.quiet import JSON_ERRORS
+from jaxlm.runtime.quiet import JSON_ERRORS
 
 _FORMATS = {
     ".json": "json", ".jsonl": "json", ".ndjson": "json",

@@ -18,16 +18,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm.checkpoint import abstract_like
-from jaxlm.config import Config, ModelConfig
-from jaxlm.export import load_params
-from jaxlm.pretrained import (
+from jaxlm.checkpoint.checkpointer import abstract_like
+from jaxlm.checkpoint.export import load_params
+from jaxlm.checkpoint.pretrained import (
     ARCH_EXEMPT,
     Pretrained,
     pretrained_model_config,
     resolve_pretrained,
     saved_shapes,
 )
+from jaxlm.config import Config, ModelConfig
 
 BackboneSource = Pretrained  # a resolved finetune.backbone
 SETTING = "finetune.backbone"

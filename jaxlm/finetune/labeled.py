@@ -29,7 +29,7 @@ from jaxlm.data.errors import DataError
 from jaxlm.data.hub import load_hub
 from jaxlm.data.loading import detect_format, one_line, read_error
 from jaxlm.data.tokenizer import special_ids
-from jaxlm.quiet import JSON_ERRORS
+from jaxlm.runtime.quiet import JSON_ERRORS
 
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"),
                "test": ("test",)}

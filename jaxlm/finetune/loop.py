@@ -20,15 +20,15 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxlm.checkpoint import Checkpointer, abstract_like
-from jaxlm.export import load_params
+from jaxlm.checkpoint.checkpointer import Checkpointer, abstract_like
+from jaxlm.checkpoint.export import load_params
 from jaxlm.finetune.backbone import head_report, load_backbone
 from jaxlm.finetune.batching import train_plan
 from jaxlm.finetune.run import COMPAT_KEYS, FinetuneRun, evaluate, setup, write_labels
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models import param_count
-from jaxlm.preemption import PreemptionWatcher
-from jaxlm.runlock import RunLock
+from jaxlm.runtime.preemption import PreemptionWatcher
+from jaxlm.runtime.runlock import RunLock
 from jaxlm.tasks.classification import format_report
 from jaxlm.train.loop import divergence_error, remedies
 from jaxlm.train.state import create_train_state, is_abstract

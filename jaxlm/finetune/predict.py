@@ -17,14 +17,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxlm.checkpoint import abstract_like, open_manager
-from jaxlm.checkpoint_compat import CheckpointError
+from jaxlm.checkpoint.checkpointer import abstract_like, open_manager
+from jaxlm.checkpoint.compat import CheckpointError
+from jaxlm.checkpoint.export import load_params
 from jaxlm.config import from_dict
 from jaxlm.data.errors import DataError
 from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
-from jaxlm.export import load_params
 from jaxlm.finetune.batching import batch_length, buckets, eval_plan, make_batch
 from jaxlm.finetune.labeled import Encoded, _local_files, _read_local, encode, encode_texts
 from jaxlm.finetune.run import LABELS_FILE

@@ -24,7 +24,6 @@ from jaxlm.config import Config
 from jaxlm.data.errors import DataError
 from jaxlm.data.pipeline import check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer
-from jaxlm.distributed import start as start_process
 from jaxlm.finetune.backbone import BackboneSource, backbone_model_config, resolve_backbone
 from jaxlm.finetune.batching import (
     batch_length,
@@ -35,6 +34,7 @@ from jaxlm.finetune.batching import (
     steps_per_epoch,
 )
 from jaxlm.finetune.labeled import Encoded, encode, label_names, load_splits
+from jaxlm.runtime.distributed import start as start_process
 from jaxlm.sharding import Rules, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Classification, add_sums
 from jaxlm.train.optim import make_finetune_optimizer

@@ -4,8 +4,9 @@
 parameters on a mesh and its tokenizer. It understands a jaxlm run directory (its latest
 checkpoint), its ``checkpoints`` directory or one checkpoint step directory, and a
 ``jaxlm export`` directory (``model.safetensors``, ``config.json``, ``tokenizer.json``), and a
-Hugging Face model directory — resolved by :func:`jaxlm.pretrained.resolve_pretrained`, like
-every other place that takes starting weights.
+Hugging Face model directory — resolved by
+:func:`jaxlm.checkpoint.pretrained.resolve_pretrained`, like every other place that takes
+starting weights.
 
 The mesh: the run's ``fsdp`` and ``tensor`` sizes with ``data`` over the rest of the local
 devices when they fit, else every local device data-parallel (the saved mesh may have had
@@ -23,13 +24,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxlm.checkpoint import abstract_like
+from jaxlm.checkpoint.checkpointer import abstract_like
+from jaxlm.checkpoint.export import load_params
+from jaxlm.checkpoint.pretrained import resolve_pretrained
 from jaxlm.config import Config, ConfigError, MeshConfig, ModelConfig, from_dict
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
-from jaxlm.export import load_params
 from jaxlm.generate.sampling import GenerationError
 from jaxlm.models import DecoderLM
-from jaxlm.pretrained import resolve_pretrained
 from jaxlm.sharding import Rules, logical_rules, logical_to_sharding, make_mesh
 
 KINDS = ("a jaxlm run directory, a checkpoint step directory, a `jaxlm export` directory or a "

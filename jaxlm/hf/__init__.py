@@ -7,7 +7,7 @@
 - ``tokenizer.py``: the directory's tokenizer (tokenizer.json, or rebuilt from vocab files);
 - ``convert.py``: ``jaxlm convert`` both ways; ``safetensors_stream.py``: its writer.
 
-Reading and loading import jaxlm's config and models only; ``jaxlm.export`` and the
+Reading and loading import jaxlm's config and models only; ``jaxlm.checkpoint.export`` and the
 fine-tuning and training entry points call into them. ``convert.py`` (the CLI's) also reads
 jaxlm exports and checkpoints.
 """

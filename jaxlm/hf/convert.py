@@ -118,7 +118,7 @@ def _special_token_ids(tokenizer: Any, model: ModelConfig) -> dict[str, int]:
 
 def _export_dir(src: Path, tmp: str) -> Path:
     """``src`` if it is a jaxlm export, else its latest checkpoint exported into ``tmp``."""
-    from jaxlm.export import export, is_export
+    from jaxlm.checkpoint.export import export, is_export
 
     if is_export(src):
         return src if src.is_dir() else src.parent
@@ -186,8 +186,8 @@ def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "float32",
 
 def detect(src: str | Path) -> str:
     """``"jaxlm"`` (the direction) for an HF directory, ``"hf"`` for a jaxlm export or run."""
-    from jaxlm.checkpoint_compat import CheckpointError, locate
-    from jaxlm.export import is_export
+    from jaxlm.checkpoint.compat import CheckpointError, locate
+    from jaxlm.checkpoint.export import is_export
 
     p = Path(src)
     if not p.exists():

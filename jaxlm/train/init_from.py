@@ -13,10 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxlm.checkpoint import abstract_like
+from jaxlm.checkpoint.checkpointer import abstract_like
+from jaxlm.checkpoint.export import load_params
+from jaxlm.checkpoint.pretrained import (
+    Pretrained,
+    pretrained_model_config,
+    resolve_pretrained,
+    saved_shapes,
+)
 from jaxlm.config import Config, ConfigError, from_dict
-from jaxlm.export import load_params
-from jaxlm.pretrained import Pretrained, pretrained_model_config, resolve_pretrained, saved_shapes
 
 SETTING = "model.init_from"
 

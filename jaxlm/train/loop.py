@@ -18,17 +18,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from jaxlm.checkpoint import Checkpointer
+from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import Config
 from jaxlm.data.pipeline import build_pipeline, check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
-from jaxlm.distributed import start as start_process
 from jaxlm.errors import TrainingError
 from jaxlm.generate import Generator, Sampling
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models import param_count
 from jaxlm.models.layers import resolve_auto
-from jaxlm.preemption import PreemptionWatcher
 from jaxlm.profiling import (
     StepProfiler,
     device_memory,
@@ -36,7 +34,9 @@ from jaxlm.profiling import (
     peak_flops_per_device,
     throughput,
 )
-from jaxlm.runlock import RunLock
+from jaxlm.runtime.distributed import start as start_process
+from jaxlm.runtime.preemption import PreemptionWatcher
+from jaxlm.runtime.runlock import RunLock
 from jaxlm.sharding import Rules, activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Task, add_sums, pretraining_task
 from jaxlm.train.init_from import apply_init_from, load_init_from

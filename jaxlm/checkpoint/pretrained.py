@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxlm.checkpoint_compat import RUNTIME_MODEL_FIELDS, CheckpointError, flat_shapes, locate
+from jaxlm.checkpoint.compat import RUNTIME_MODEL_FIELDS, CheckpointError, flat_shapes, locate
+from jaxlm.checkpoint.export import WEIGHTS, is_export
 from jaxlm.config import Config, ModelConfig
-from jaxlm.export import WEIGHTS, is_export
 
 ARCH_EXEMPT = RUNTIME_MODEL_FIELDS  # model.* settings a run may change from its source's
 
@@ -42,7 +42,7 @@ def _checkpoint_config(directory: Path, step: int | None,
                        setting: str) -> tuple[int, dict[str, Any]]:
     import orbax.checkpoint as ocp
 
-    from jaxlm.checkpoint import open_manager
+    from jaxlm.checkpoint.checkpointer import open_manager
 
     manager = open_manager(directory)
     steps = manager.all_steps()
@@ -134,7 +134,7 @@ def saved_shapes(source: Pretrained) -> dict[str, tuple[int, ...]]:
 
         with safe_open(str(source.path / WEIGHTS), "np") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    from jaxlm.checkpoint import open_manager
+    from jaxlm.checkpoint.checkpointer import open_manager
 
     manager = open_manager(source.path)
     meta = manager.item_metadata(source.step)["state"]

@@ -17,15 +17,15 @@ by a background thread while training goes on.
 Restoring goes through an *abstract* target (shapes, dtypes and the shardings of the current
 mesh), so a checkpoint written on one mesh or process count loads onto another. A latest
 checkpoint that cannot be read — or whose bytes no longer match the integrity manifest
-written once it was final (:mod:`jaxlm.checkpoint_integrity`) — is reported and moved aside,
+written once it was final (:mod:`jaxlm.checkpoint.integrity`) — is reported and moved aside,
 and the one before it is used.
 
 A save that fails (a full disk, lost permissions) is one :class:`~jaxlm.errors.TrainingError`
 naming the errno and the latest complete step, which is left as it was; Orbax's own reports of
-the failure go to the process log (:mod:`jaxlm.quiet`).
-Whether a checkpoint fits the run is decided in :mod:`jaxlm.checkpoint_compat`; managers and
-helpers are in :mod:`jaxlm.checkpoint_manager`; SIGTERM handling is in
-:mod:`jaxlm.preemption`; parameters-only export in :mod:`jaxlm.export`.
+the failure go to the process log (:mod:`jaxlm.runtime.quiet`).
+Whether a checkpoint fits the run is decided in :mod:`jaxlm.checkpoint.compat`; managers and
+helpers are in :mod:`jaxlm.checkpoint.manager`; SIGTERM handling is in
+:mod:`jaxlm.runtime.preemption`; parameters-only export in :mod:`jaxlm.checkpoint.export`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxlm import quiet
-from jaxlm.checkpoint_compat import (
+from jaxlm.checkpoint.compat import (
     CheckpointError,
     CheckpointWarning,
     config_differences,
@@ -50,8 +49,8 @@ from jaxlm.checkpoint_compat import (
     mismatches,
     tokenizer_reference,
 )
-from jaxlm.checkpoint_integrity import verify, write_manifest
-from jaxlm.checkpoint_manager import (
+from jaxlm.checkpoint.integrity import verify, write_manifest
+from jaxlm.checkpoint.manager import (
     ITEMS,
     STATE_FIELDS,
     TMP_MARK,
@@ -65,8 +64,9 @@ from jaxlm.checkpoint_manager import (
 )
 from jaxlm.config import Config
 from jaxlm.errors import TrainingError
-from jaxlm.process_log import log_only
-from jaxlm.rundir import reason
+from jaxlm.runtime import quiet
+from jaxlm.runtime.process_log import log_only
+from jaxlm.runtime.rundir import reason
 
 __all__ = [  # the helpers are used from here by other modules
     "ITEMS", "STATE_FIELDS", "TMP_MARK", "CheckpointError", "CheckpointWarning", "Checkpointer",

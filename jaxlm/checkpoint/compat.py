@@ -1,7 +1,7 @@
 """Does a checkpoint fit this run? Where it is, which parameters differ, what config changed.
 
-Pure checks with one-line answers, shared by :mod:`jaxlm.checkpoint` (resuming a run) and
-:mod:`jaxlm.export` (loading parameters): :func:`locate` turns a user's path into a
+Pure checks with one-line answers, shared by :mod:`jaxlm.checkpoint.checkpointer` (resuming a run)
+and :mod:`jaxlm.checkpoint.export` (loading parameters): :func:`locate` turns a user's path into a
 checkpoints directory and step, :func:`mismatches` compares a saved tree with the expected
 one path by path, :func:`config_differences` names the settings that make a run's state
 unusable for another (the model architecture, ``data.seq_len``, ``train.global_batch``).

@@ -11,11 +11,11 @@ anything touches a device:
   or JAX's own cluster detection, used when a cluster is recognized from its environment:
   Cloud TPU VMs and GKE TPU pods, SLURM steps with several tasks, Open MPI (``mpirun``).
   Nothing of that (a laptop, a single GPU box) means one process and no coordinator.
-* **The coordinator port** is checked first (:mod:`jaxlm.coordinator`): process 0 fails in
+* **The coordinator port** is checked first (:mod:`jaxlm.runtime.coordinator`): process 0 fails in
   one line if it cannot listen there, and the others if what answers at the coordinator
   address is not a gRPC server (the port is taken), instead of a crash and a 300 s wait.
 * **Logs.** Every process writes ``RUN_DIR/logs/process_N.log`` (or ``$JAXLM_LOG_DIR``;
-  :mod:`jaxlm.process_log`). In a multi-process run it is a transcript of everything the
+  :mod:`jaxlm.runtime.process_log`). In a multi-process run it is a transcript of everything the
   process writes to stdout and stderr, at the file-descriptor level, so JAX/XLA runtime
   messages, tracebacks and crash reports are in it; the terminal gets one ``jaxlm: error:``
   line for a failure. In a one-process run it holds jaxlm's log records. Only process 0
@@ -51,11 +51,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxlm import process_log, rundir
 from jaxlm.config import Config, DistributedConfig
-from jaxlm.coordinator import check_port_free, wait_for_coordinator
 from jaxlm.errors import TrainingError, UserError
-from jaxlm.process_log import log_only
+from jaxlm.runtime import process_log, rundir
+from jaxlm.runtime.coordinator import check_port_free, wait_for_coordinator
+from jaxlm.runtime.process_log import log_only
 
 log = logging.getLogger("jaxlm")
 
@@ -201,7 +201,7 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None)
 
     Idempotent: later calls return the first result. Must run before any JAX computation.
     Raises :class:`DistributedError` for incomplete settings,
-    :class:`~jaxlm.coordinator.CoordinatorPortError` when the coordinator port is taken (on
+    :class:`~jaxlm.runtime.coordinator.CoordinatorPortError` when the coordinator port is taken (on
     every process, within seconds), and :class:`TrainingError` when the processes cannot
     connect within ``distributed.initialization_timeout``.
     """
@@ -233,7 +233,7 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None)
         if "must be called before" in text:  # JAX computations already ran here
             raise DistributedError(
                 "jax.distributed must be started before any JAX computation; call "
-                "jaxlm.distributed.start(cfg) first thing") from None
+                "jaxlm.runtime.distributed.start(cfg) first thing") from None
         raise TrainingError(
             f"{where} could not join the run at {kw['coordinator_address'] or p.source} "
             f"within distributed.initialization_timeout={kw['initialization_timeout']}s: "
@@ -341,7 +341,7 @@ def exit_if_failed(code: int) -> None:
 
 def setup_process_log(run_dir: str | Path, process_index: int | None = None,
                       capture: bool | None = None) -> Path:
-    """Start ``process_N.log`` for this process (see :func:`jaxlm.process_log.start`);
+    """Start ``process_N.log`` for this process (see :func:`jaxlm.runtime.process_log.start`);
     ``capture`` defaults to "several processes"."""
     me = info()
     return process_log.start(run_dir, me.index if process_index is None else process_index,

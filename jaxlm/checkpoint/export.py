@@ -22,9 +22,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxlm.checkpoint import item_handlers
-from jaxlm.checkpoint_compat import CheckpointError, describe_mismatch, locate, mismatches
-from jaxlm.checkpoint_integrity import verify
+from jaxlm.checkpoint.checkpointer import item_handlers
+from jaxlm.checkpoint.compat import CheckpointError, describe_mismatch, locate, mismatches
+from jaxlm.checkpoint.integrity import verify
 
 WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "bfloat16")

@@ -2,7 +2,7 @@
 
 In a multi-process run the file is a transcript of everything the process writes to stdout
 and stderr, at the file-descriptor level, so JAX/XLA runtime messages and fatal errors are in
-it too: both streams go through a tee child (:mod:`jaxlm.tee`), which also keeps C++ crash
+it too: both streams go through a tee child (:mod:`jaxlm.runtime.tee`), which also keeps C++ crash
 reports off the terminal in favour of one ``jaxlm: error:`` line. In a one-process run the
 file holds the ``jaxlm`` logger's records. :func:`log_only` puts details (a traceback) in the
 file without showing them on the terminal.
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jaxlm import tee
+from jaxlm.runtime import tee
 
 ENV_LOG_DIR = "JAXLM_LOG_DIR"
 

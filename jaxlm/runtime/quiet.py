@@ -4,8 +4,9 @@ Each filter here drops one known kind of message, and only that, so the user see
 one ``jaxlm: error:`` line instead of a pile of tracebacks and log records saying the same:
 
 * :class:`OrbaxSaveFailures`: Orbax's ERROR records (with tracebacks) for a save that failed
-  in a background thread, e.g. on a full disk; the :class:`~jaxlm.checkpoint.Checkpointer`
-  re-raises the failure as a ``TrainingError`` and puts these records in the process log.
+  in a background thread, e.g. on a full disk; the
+  :class:`~jaxlm.checkpoint.checkpointer.Checkpointer` re-raises the failure as a
+  ``TrainingError`` and puts these records in the process log.
 * :func:`quiet_orbax_leftovers`: after such a failure, tensorstore's write callbacks that
   arrive once Orbax closed its event loop (``RuntimeError: Event loop is closed``, once per
   array), asyncio's "Task exception was never retrieved" for Orbax's write tasks (at exit)

@@ -15,8 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxlm import quiet
 from jaxlm.config import CheckpointConfig
+from jaxlm.runtime import quiet
 
 ITEMS = ("state", "data", "config", "tokenizer")
 
