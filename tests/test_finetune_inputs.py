@@ -47,6 +47,12 @@ def test_bad_data_inputs_are_one_line(backbone, data, tmp_path, capsys):
     synthetic(unseen, 6, labels=("apple", "ocean"))
     err = one_line_error(capsys, [*base[:-1], f"finetune.data.test={unseen}", "--json"])
     assert "labels not seen in training: ocean" in err
+    mixed = synthetic_dir(tmp_path / "mixed", n_train=32, n_eval=8)  # JSON keeps 1 and "1"
+    rows = [json.loads(line) for line in (mixed / "train.jsonl").read_text().splitlines()]
+    rows[0]["label"] = 1  # apart; as classes they would merge
+    (mixed / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    err = one_line_error(capsys, [*base[:-1], f"finetune.data.path={mixed}", "--json"])
+    assert "mixes numbers and strings (e.g. 1 and '" in err, err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     err = one_line_error(capsys, [*base[:-1], f"finetune.data.validation={empty}", "--json"])

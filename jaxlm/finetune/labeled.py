@@ -171,6 +171,18 @@ def _as_list(value: Any, sep: str | None) -> list[str]:
     return [str(value)]
 
 
+def _check_one_kind(raw: list[Any], column: str | None, origin: str) -> None:
+    """Refuse labels that mix numbers and strings (JSON can): as classes they would all be
+    strings, so ``1`` and ``"1"`` would silently become one class."""
+    values = [x for v in raw for x in (v if isinstance(v, (list, tuple)) else [v])]
+    number = next((v for v in values if isinstance(v, (int, float))), None)
+    string = next((v for v in values if isinstance(v, str)), None)
+    if number is not None and string is not None:
+        raise DataError(f"finetune.data.label_column={column!r} in {origin} mixes numbers and "
+                        f"strings (e.g. {number!r} and {string!r}); make every label a string "
+                        "or every label a number")
+
+
 def label_names(splits: Splits, d: LabeledDataConfig, problem: str) -> list[str]:
     """The label vocabulary from the training split: sorted, or a ClassLabel's own order."""
     if problem == "regression":
@@ -181,6 +193,7 @@ def label_names(splits: Splits, d: LabeledDataConfig, problem: str) -> list[str]
         getattr(feature, "feature", None), "names", None)
     if names_attr:
         return list(names_attr)
+    _check_one_kind(raw, d.label_column, splits.origin["train"])
     if problem == "multi_label":
         return sorted({n for v in raw for n in _as_list(v, d.label_separator)})
     if problem == "token":
