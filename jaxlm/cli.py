@@ -24,7 +24,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -118,21 +117,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def read_prompts(prompts: list[str], file: str | None) -> list[str]:
     """Prompts from the command line, else one per non-blank line of ``file`` or stdin."""
-    from jaxlm.generate import GenerationError
+    from jaxlm.data.inputs import read_lines
 
-    if prompts:
-        return prompts
-    if file is None and sys.stdin.isatty():
-        raise GenerationError("give a prompt, --file FILE (one prompt per line), or pipe "
-                              "prompts on stdin")
-    try:
-        text = sys.stdin.read() if file in (None, "-") else Path(file).read_text("utf-8")
-    except OSError as e:
-        raise GenerationError(f"cannot read --file {file}: {e.strerror}") from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise GenerationError(f"no prompts in {file or 'stdin'}")
-    return lines
+    return prompts or read_lines(file, "prompt")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -190,9 +177,38 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     return serve_tensorboard(args.run_dir, host=args.host, port=args.port)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxlm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """``--help`` with each option's default, where it has one (not None / off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default not in (None, False, argparse.SUPPRESS) and action.option_strings
+                and "%(default)" not in text):
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
+
+
+def _parser_with_defaults(**kwargs: Any) -> argparse.ArgumentParser:
+    """A verb's parser whose ``--help`` shows each option's default."""
+    return argparse.ArgumentParser(formatter_class=_ShowDefaults, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlm", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"jaxlm {_version()}")
+    # Every verb's --help shows its defaults.
+    sub = p.add_subparsers(dest="command", required=True,
+                           parser_class=_parser_with_defaults)
 
     t = sub.add_parser("train", help="pretrain a language model")
     t.add_argument("config", nargs="?", help="YAML config (see configs/); default: built-in")
@@ -233,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
             pr.add_argument("--json", action="store_true", help="print the metrics as JSON")
         pr.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the best one)")
-        pr.add_argument("--batch-size", type=int, default=64)
+        pr.add_argument("--batch-size", type=int, default=64, help="texts run at once")
         pr.set_defaults(func=cmd_predict if name == "predict" else cmd_evaluate)
 
     g = sub.add_parser("generate", help="continue text with a pretrained decoder (KV cache)")
@@ -246,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=40, help="sample from the K most likely; 0 = all")
     g.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the most likely tokens holding P of the probability")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--stop", action="append", help="stop at this text (not printed); repeatable")
     g.add_argument("--file", help="a text file, one prompt per line ('-' = stdin)")
     g.add_argument("--jsonl", action="store_true",
@@ -255,18 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True,
+                                 parser_class=_parser_with_defaults)
     tt = tok_sub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     tt.add_argument("files", nargs="+", help=".txt / .jsonl (optionally .gz) files")
-    tt.add_argument("--vocab-size", type=int, default=4096)
-    tt.add_argument("--min-frequency", type=int, default=2)
+    tt.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary")
+    tt.add_argument("--min-frequency", type=int, default=2,
+                    help="merge only pairs seen at least this often")
     tt.add_argument("--out", required=True, help="output tokenizer.json (or directory)")
     tt.set_defaults(func=cmd_tokenizer_train)
 
     ex = sub.add_parser("export", help="write a checkpoint's parameters (safetensors) + config")
     ex.add_argument("run_dir", help="run directory, its checkpoints/ or one checkpoint step")
     ex.add_argument("out", help="output directory (model.safetensors, config.json)")
-    ex.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ex.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="dtype of the written weights")
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     ex.add_argument("--overwrite", action="store_true",
                     help="replace the contents of a non-empty output directory")
@@ -278,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("out", help="output directory")
     cv.add_argument("--to", choices=["jaxlm", "hf"], default=None,
                     help="direction (default: from what SRC is)")
-    cv.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    cv.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="dtype of the written weights")
     cv.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     cv.set_defaults(func=cmd_convert)
 

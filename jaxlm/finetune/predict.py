@@ -9,7 +9,6 @@ batches with one jitted forward per bucket.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from jaxlm.checkpoint.compat import CheckpointError
 from jaxlm.checkpoint.export import load_params
 from jaxlm.config import from_dict
 from jaxlm.data.errors import DataError
+from jaxlm.data.inputs import read_lines
 from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
@@ -37,23 +37,8 @@ from jaxlm.train.step import make_eval_step, make_predict_step
 
 
 def read_texts(texts: list[str], file: str | None) -> list[str]:
-    """Texts from the command line, else one per line of ``file`` or of stdin."""
-    if texts:
-        return texts
-    if file is None and sys.stdin.isatty():
-        raise UserError("give texts to label, --file FILE (one text per line), or pipe them "
-                        "on stdin")
-    if file is None or file == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            lines = Path(file).read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise UserError(f"cannot read --file {file}: {e.strerror}") from None
-    out = [ln for ln in lines if ln.strip()]
-    if not out:
-        raise UserError(f"no texts in {file or 'stdin'}")
-    return out
+    """Texts from the command line, else one per non-blank line of ``file`` or of stdin."""
+    return texts or read_lines(file, "text")
 
 
 def _best_step(run_dir: Path) -> int:
