@@ -1,7 +1,7 @@
 """Training time lost to checkpointing: step time without saving, with async saves, with
 synchronous saves (CPU, one device).
 
-For each config, the real jitted train step of ``jaxlm.train.loop.setup`` runs ``--steps``
+For each config, the real jitted train step of ``jaxlm.train.pretrain.setup`` runs ``--steps``
 steps on a fixed device-resident batch three times: without saving, saving every ``--every``
 steps asynchronously (the default, ``checkpoint.async_save=true``), and saving synchronously.
 A save is what the loop does: ``pipe.state_dict()`` of the real data pipeline plus
@@ -45,7 +45,7 @@ from jaxlm.checkpoint.integrity import verify, write_manifest  # noqa: E402
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.data.pipeline import build_pipeline, to_global  # noqa: E402
 from jaxlm.models import param_count  # noqa: E402
-from jaxlm.train.loop import setup  # noqa: E402
+from jaxlm.train.pretrain import setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Checkpoint overhead"
@@ -74,7 +74,7 @@ def integrity(cfg: Any, run: Any, step_dir: Path, repeats: int) -> dict[str, flo
 
     def restore() -> None:
         ckpt = Checkpointer(cfg, run.tokenizer, log=lambda m: None)
-        state, _ = ckpt.restore(run.state, run.shardings)
+        state, *_ = ckpt.restore(run.state, run.shardings)
         jax.block_until_ready(state)
         ckpt.close()
 
@@ -103,7 +103,7 @@ def measure(config: str, overrides: list[str], steps: int, every: int,
             start = time.perf_counter()
             for step in range(1, steps + 1):
                 state, metrics = run.train_step(state, batch)
-                if ckpt is not None and ckpt.due(step):
+                if ckpt is not None and ckpt.due(step, steps):
                     jax.block_until_ready(state)  # time the save, not the step it waits for
                     t0 = time.perf_counter()
                     data_state = pipe.state_dict()

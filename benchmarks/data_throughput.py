@@ -6,7 +6,7 @@ Shakespeare corpus and default tokenizer):
 1. the pipeline alone: local batches per second out of ``build_pipeline(data, 'train', B)``
    (streaming, shuffling, batched tokenization in the background thread, packing, and MLM
    masking for ``--modes mlm``), as tokens/s (real, non-padding positions) after the first batch;
-2. the model's appetite: tokens/s of the jitted train step (``jaxlm.train.loop.setup``) on a
+2. the model's appetite: tokens/s of the jitted train step (``jaxlm.train.pretrain.setup``) on a
    fixed device-resident batch, i.e. with no input pipeline at all;
 3. the train step fed by the pipeline (``to_global(next(pipe))`` each step), to show whether
    the step ever waits for data when both share the CPU.
@@ -63,7 +63,7 @@ def model_rates(cfg: Config, steps: int, rounds: int) -> dict[str, float] | None
     try:
         import jax
 
-        from jaxlm.train.loop import setup
+        from jaxlm.train.pretrain import setup
     except ImportError as e:
         print(f"jaxlm.train is not importable ({e}); only the pipeline was measured")
         return None

@@ -108,12 +108,12 @@ def hf_row(directory: str, overrides: list[str], out: Path, common: list[str]) -
 def step_throughput(backbone_run: Path, batch: int, lengths: list[int], steps: int) -> list:
     """tokens/s of the classification step vs the next-token step, same backbone and shapes."""
     from jaxlm.finetune.run import setup
-    from jaxlm.train.loop import setup as pretrain_setup
+    from jaxlm.train.pretrain import setup as pretrain_setup
 
     ft_cfg = load_config(None, [f"finetune.backbone={backbone_run}",
                                 f"finetune.batch_size={batch}", "mesh.data=1",
                                 "finetune.run_dir=/tmp/jaxlm_bench_ft_unused"])
-    ft = setup(ft_cfg)
+    ft, _ = setup(ft_cfg)
     from jaxlm.train.state import create_train_state
 
     ft_state, _ = create_train_state(ft.task, ft.tx, ft.mesh, ft.rules, 0)

@@ -126,7 +126,7 @@ def measure(path: Path, seconds: float, src: str | None = None) -> dict[str, flo
 def heldout(train_file: Path, shuffle_rows: int, steps: int, run_dir: Path) -> dict[str, float]:
     """Train the tiny model on ``train_file`` (one document); held-out loss on default:valid."""
     from jaxlm.config import load_config
-    from jaxlm.train.loop import train
+    from jaxlm.train.pretrain import train
 
     cfg = load_config(ROOT / "configs/pretrain/tiny.yaml", [
         f"data.train.0.path={train_file}", f"data.shuffle_rows={shuffle_rows}",

@@ -36,7 +36,7 @@ from jaxlm.models import flops_per_token, param_count
 from jaxlm.models.layers import resolve_auto
 from jaxlm.profiling import measure_cpu_peak_flops
 from jaxlm.runtime.hostmem import retain_freed_memory
-from jaxlm.train.loop import setup
+from jaxlm.train.pretrain import setup
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {

@@ -53,13 +53,13 @@ def _run(args: argparse.Namespace, loop: Callable[[Any], dict]) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxlm.train.loop import train
+    from jaxlm.train.pretrain import train
 
     return _run(args, train)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from jaxlm.finetune.loop import finetune
+    from jaxlm.finetune.classify import finetune
 
     return _run(args, finetune)
 

@@ -25,7 +25,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
-def mesh_shapes(cfg: Config, n_devices: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def mesh_shapes(cfg: Config, n_devices: int, batch: tuple[str, int] | None = None
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(ici, dcn)``: the (data, fsdp, tensor) sizes within a slice and across slices.
 
     ``mesh.data/fsdp/tensor`` (with -1 = the rest) divide each slice's ``n_devices / slices``
@@ -47,21 +48,23 @@ def mesh_shapes(cfg: Config, n_devices: int) -> tuple[tuple[int, ...], tuple[int
         raise ConfigError(f"within each of the {slices} slices: {e}") from None
     total = dict(zip(MESH_AXES, (i * d for i, d in zip(ici, dcn, strict=True)), strict=True))
     flat = m.model_copy(update={**total, "dcn_data": 1, "dcn_fsdp": 1, "dcn_tensor": 1})
-    check_devices(cfg.model_copy(update={"mesh": flat}), n_devices)
+    check_devices(cfg.model_copy(update={"mesh": flat}), n_devices, batch)
     return tuple(ici), dcn
 
 
-def make_mesh(cfg: Config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(cfg: Config, devices: Sequence[jax.Device] | None = None,
+              batch: tuple[str, int] | None = None) -> Mesh:
     """The (data, fsdp, tensor) mesh over all (or the given) devices, with Auto axis types.
 
-    Checks the config against the device count first (one-line ``ConfigError``).
+    Checks the config against the device count first (one-line ``ConfigError``); ``batch``
+    = (setting, examples per step) of the section run (default ``train.global_batch``).
     Auto axes matter: Linen layers do not support ``jax.make_mesh``'s Explicit default.
     With ``mesh.dcn_*`` > 1 (multi-slice) the mesh is hybrid: each axis is its slices' devices
     side by side, so the fast interconnect (ICI) carries the within-slice part of every
     collective and the data-center network (DCN) only the across-slice part.
     """
     devices = list(devices) if devices is not None else jax.devices()
-    ici, dcn = mesh_shapes(cfg, len(devices))
+    ici, dcn = mesh_shapes(cfg, len(devices), batch)
     if math.prod(dcn) == 1:
         return jax.make_mesh(ici, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
     return Mesh(hybrid_devices(ici, dcn, devices), MESH_AXES, axis_types=(AxisType.Auto,) * 3)

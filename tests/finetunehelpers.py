@@ -18,7 +18,7 @@ FILLER = "the a of and to in is it that was he for on are with as i his they be 
 
 def pretrain(run_dir: Path, *overrides: str) -> Path:
     """A tiny pretraining run (a few steps) to use as a backbone."""
-    code = main(["train", TINY, f"train.run_dir={run_dir}", "train.steps=6", "train.log_every=3",
+    code = main(["train", TINY, f"train.run_dir={run_dir}", "train.steps=6", "logging.every=3",
                  "train.sample_tokens=0", "train.eval_batches=1", "logging.progress=false",
                  *overrides])
     assert code == 0

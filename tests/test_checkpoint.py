@@ -99,7 +99,7 @@ def test_items_round_trip_and_resume_auto(tmp_path):
     assert {p.name for p in step_dir.iterdir()} >= {"state", "data", "config", "tokenizer"}
 
     other, _ = build(cfg, seed=1)  # different values: the restore must replace them
-    restored, data = checkpointer(cfg).restore(other, shardings)
+    restored, data, _ = checkpointer(cfg).restore(other, shardings)
     assert_same(restored, state)
     assert data == {"process_count": 1, "states": [DATA]}
     items = open_manager(tmp_path / "checkpoints").restore(2, args=ocp.args.Composite(
@@ -112,7 +112,7 @@ def test_fresh_start_and_resume_never(tmp_path):
     cfg = make_cfg(tmp_path, "checkpoint.resume=never")
     state, shardings = build(cfg)
     ck = checkpointer(cfg)
-    assert ck.restore(state, shardings) == (state, None)
+    assert ck.restore(state, shardings) == (state, None, None)
     ck.save(1, state, DATA, wait=True)
     ck.close()
     with pytest.raises(CheckpointError, match="already holds checkpoints.*resume=never"):
@@ -124,7 +124,7 @@ def test_keep_last_k_plus_every_mth_and_due(tmp_path):
                    "checkpoint.every=3", "train.steps=10")
     state, _ = build(cfg)
     ck = checkpointer(cfg)
-    assert [s for s in range(1, 11) if ck.due(s)] == [3, 6, 9, 10]
+    assert [s for s in range(1, 11) if ck.due(s, 10)] == [3, 6, 9, 10]
     for step in range(1, 10):
         ck.save(step, state, DATA)
     ck.close()
@@ -140,7 +140,7 @@ def test_async_save_is_not_disturbed_by_donated_buffers(tmp_path):
     ck.save(1, state, DATA)
     state = jax.jit(lambda s: jax.tree.map(lambda x: x * 0 + 7, s), donate_argnums=0)(state)
     ck.close()
-    restored, _ = checkpointer(cfg).restore(state, shardings)
+    restored, *_ = checkpointer(cfg).restore(state, shardings)
     jax.tree.map(np.testing.assert_array_equal, host(restored), expected)
 
 
@@ -154,7 +154,7 @@ def test_restore_onto_another_mesh(tmp_path, mesh_to, n_to):
     d, f, t = mesh_to
     dst = make_cfg(tmp_path, f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}")
     other, shardings = build(dst, n_to, seed=1)
-    restored, _ = checkpointer(dst).restore(other, shardings)
+    restored, *_ = checkpointer(dst).restore(other, shardings)
     assert_same(restored, state)
     for x, s in zip(jax.tree.leaves(state_tree(restored)), jax.tree.leaves(state_tree(shardings)),
                     strict=True):
@@ -204,7 +204,7 @@ def test_incompatible_config_is_refused_unless_allowed(tmp_path):
     assert "train.global_batch=8 (checkpoint) vs 16" in str(err.value)
     assert "dropout" not in str(err.value) and "lr" not in str(err.value)
     allowed = make_cfg(tmp_path, "train.global_batch=16", "checkpoint.allow_config_change=true")
-    restored, _ = checkpointer(allowed).restore(state, shardings)
+    restored, *_ = checkpointer(allowed).restore(state, shardings)
     assert int(restored.step) == int(state.step)
 
 
@@ -221,7 +221,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
             f.write_bytes(b"garbage")
     ck = checkpointer(cfg)
     with pytest.warns(CheckpointWarning, match=r"checkpoints/4 is unreadable.*using step 2"):
-        restored, _ = ck.restore(state, shardings)
+        restored, *_ = ck.restore(state, shardings)
     assert int(restored.step) == int(state.step)
     assert list((tmp_path / "checkpoints_corrupt").iterdir())  # moved aside, not deleted
     assert ck.save(4, later, DATA, wait=True)  # the step can be written again
@@ -242,7 +242,7 @@ def test_resume_from_a_path(tmp_path):
     ck.save(3, state.replace(step=state.step + 3), DATA)
     ck.close()
     second = make_cfg(tmp_path / "b", f"checkpoint.resume={tmp_path / 'a' / 'checkpoints' / '2'}")
-    restored, _ = checkpointer(second).restore(state, shardings)
+    restored, *_ = checkpointer(second).restore(state, shardings)
     assert int(restored.step) == int(state.step)  # step 2's, not the newer step 3's
     missing = make_cfg(tmp_path / "c", f"checkpoint.resume={tmp_path / 'nowhere'}")
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -288,7 +288,7 @@ def test_save_killed_during_finalize_is_never_taken_as_complete(tmp_path):
     state, shardings = build(cfg)
     with pytest.warns(CheckpointWarning, match="discarded 1 unfinished save"):
         ck = checkpointer(cfg)  # a writable manager clears the leftovers
-    restored, _ = ck.restore(build(cfg, seed=1)[0], shardings)
+    restored, *_ = ck.restore(build(cfg, seed=1)[0], shardings)
     assert_same(restored, state)  # step 1's state, not the half-committed step 2's
     assert ck.save(2, state, DATA, wait=True)
     ck.close()
@@ -307,7 +307,7 @@ def test_full_disk_is_a_clear_error_and_keeps_saved_checkpoints(tmp_path, async_
     state, shardings = build(cfg)
     with pytest.warns(CheckpointWarning, match="unfinished save.*interrupted or failed"):
         ck = checkpointer(cfg)
-    restored, _ = ck.restore(build(cfg, seed=1)[0], shardings)
+    restored, *_ = ck.restore(build(cfg, seed=1)[0], shardings)
     assert_same(restored, state)
 
 

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
 STEPS = 30
-ARGS = [TINY, "model.n_layers=1", "data.seq_len=32", f"train.steps={STEPS}", "train.log_every=1",
+ARGS = [TINY, "model.n_layers=1", "data.seq_len=32", f"train.steps={STEPS}", "logging.every=1",
         "checkpoint.every=4", "train.sample_tokens=0", "data.eval=null", "mesh.data=2",
         "logging.tensorboard=false", "logging.progress=false", "logging.memory_summary=false"]
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
-ARGS = ["model.n_layers=1", "data.seq_len=32", "train.steps=40", "train.log_every=1",
+ARGS = ["model.n_layers=1", "data.seq_len=32", "train.steps=40", "logging.every=1",
         "checkpoint.every=100", "train.sample_tokens=0", "data.eval=null",
         "logging.tensorboard=false", "logging.progress=false", "logging.memory_summary=false"]
 
@@ -81,7 +81,7 @@ def test_two_processes_preempt_together_and_reshard_into_one(tmp_path):
                                  f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}"])
         state, shardings = build(cfg, n, seed=1)
         ck = Checkpointer(cfg, tokenizer, log=lambda msg: None)
-        restored, data = ck.restore(state, shardings)
+        restored, data, _ = ck.restore(state, shardings)
         with pytest.warns(CheckpointWarning, match="saved by 2 process"):
             ck.load_data_state(None, data)
         ck.close()
@@ -104,14 +104,14 @@ def worker(pid: int, port: str, run_dir: str) -> None:
 
     from jaxlm.checkpoint.checkpointer import Checkpointer
     from jaxlm.config import load_config
-    from jaxlm.train.loop import setup, train
+    from jaxlm.train.pretrain import setup, train
 
     cfg = load_config(TINY, [*ARGS, f"train.run_dir={run_dir}", "mesh.data=2", "mesh.fsdp=2",
                              "mesh.tensor=2"])
     result = train(cfg)
     run = setup(cfg)
     ck = Checkpointer(cfg, run.tokenizer, log=lambda msg: None)
-    state, data = ck.restore(run.state, run.shardings)
+    state, data, _ = ck.restore(run.state, run.shardings)
     ck.close()
     params = multihost_utils.process_allgather(state.params, tiled=True)
     if pid == 0:

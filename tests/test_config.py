@@ -81,3 +81,28 @@ def test_cli_exit_code_in_a_real_process():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "jaxlm: error: model.n_heads=5 must divide model.d_model=192"]
+
+
+@pytest.mark.parametrize("old,new", [("train.log_every=4", ("logging", "every")),
+                                     ("finetune.log_every=4", ("logging", "every")),
+                                     ("finetune.checkpoint_every=4", ("checkpoint", "every"))])
+def test_moved_shared_settings_still_work_with_a_warning(old, new):
+    """Cadences shared by pretraining and fine-tuning are defined once (logging.every,
+    checkpoint.every); the old keys map onto them with a one-line warning."""
+    from jaxlm.config.schema import ConfigWarning
+
+    with pytest.warns(ConfigWarning, match=rf"{old.split('=')[0]} is now {'.'.join(new)}"):
+        cfg = load_config(None, [old])
+    section, key = new
+    assert getattr(getattr(cfg, section), key) == 4
+
+
+def test_optimizer_settings_are_one_schema_with_per_section_defaults():
+    from jaxlm.config import FinetuneConfig, TrainConfig
+    from jaxlm.config.section import OptimizerSettings
+
+    assert issubclass(TrainConfig, OptimizerSettings) and issubclass(FinetuneConfig,
+                                                                     OptimizerSettings)
+    t, f = TrainConfig(), FinetuneConfig()
+    assert (t.b1, t.b2, t.eps, t.lr) == (0.9, 0.95, 1e-8, 2e-3)
+    assert (f.b1, f.b2, f.eps, f.lr) == (0.9, 0.999, 1e-8, 5e-4)

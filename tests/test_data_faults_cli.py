@@ -19,7 +19,7 @@ from datahelpers import long_text
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
-ARGS = [TINY, "model.n_layers=1", "data.seq_len=32", "train.log_every=1",
+ARGS = [TINY, "model.n_layers=1", "data.seq_len=32", "logging.every=1",
         "train.sample_tokens=0", "data.eval=null", "mesh.data=1", "logging.tensorboard=false",
         "logging.progress=false", "logging.memory_summary=false"]
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",

@@ -75,7 +75,7 @@ def test_divergence_stops_before_saving_and_names_the_last_good_checkpoint(tmp_p
     assert train(run, "train.steps=3", "train.warmup_steps=2") == 0  # a healthy checkpoint
     capsys.readouterr()
     code = train(run, "train.steps=40", "checkpoint.every=1", "train.warmup_steps=2",
-                 "train.lr=1e3", "train.log_every=1")
+                 "train.lr=1e3", "logging.every=1")
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training diverged at step" in err[0]

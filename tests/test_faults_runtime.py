@@ -244,11 +244,11 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, tmpf
     if tmpfs is None:  # simulated: Orbax's writer fails as tensorstore does on a full disk
         return _simulated_full_disk(tmp_path, monkeypatch, capsys)
     run = tmpfs / "run"
-    assert jaxlm(*train_args(run, "train.steps=2", "train.log_every=1")).returncode == 0
+    assert jaxlm(*train_args(run, "train.steps=2", "logging.every=1")).returncode == 0
     rows, step_2 = metrics_rows(run), tree_digest(run / "checkpoints" / "2")
     used_kb = shutil.disk_usage(tmpfs).used // 1024
     remount(tmpfs, f"size={used_kb + 512}k")  # room for a few metrics lines, not a checkpoint
-    proc = jaxlm(*train_args(run, "train.steps=4", "train.log_every=1"))
+    proc = jaxlm(*train_args(run, "train.steps=4", "logging.every=1"))
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = one_line(proc.stderr)
     assert "[Errno 28] No space left on device" in line
@@ -258,7 +258,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, tmpf
     assert metrics_rows(run)[: len(rows)] == rows  # what was logged before is untouched
     # with room again, the same command resumes from step 2 and logs every step once
     remount(tmpfs, "size=64m")
-    again = jaxlm(*train_args(run, "train.steps=4", "train.log_every=1"))
+    again = jaxlm(*train_args(run, "train.steps=4", "logging.every=1"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "(step 2)" in again.stdout + again.stderr
     steps = [r["step"] for r in metrics_rows(run) if "train/loss" in r]
@@ -296,7 +296,7 @@ def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
     from jaxlm.cli import main
 
     run = tmp_path / "run"
-    args = train_args(run, "train.steps=4", "checkpoint.every=2", "train.log_every=1")
+    args = train_args(run, "train.steps=4", "checkpoint.every=2", "logging.every=1")
     assert main(args) == 0
     # a crash after step 4 was logged but before its checkpoint was complete
     shutil.rmtree(run / "checkpoints" / "4")

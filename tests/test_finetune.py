@@ -14,7 +14,7 @@ from jaxlm.cli import main
 from jaxlm.config import ModelConfig, load_config
 from jaxlm.finetune.backbone import resolve_backbone
 from jaxlm.finetune.batching import train_plan
-from jaxlm.finetune.loop import _initial_state
+from jaxlm.finetune.classify import initial_state
 from jaxlm.finetune.predict import Predictor
 from jaxlm.finetune.run import setup
 from jaxlm.tasks import CausalLM
@@ -44,8 +44,7 @@ def saved_backbone(run_dir, step=None):
 def test_head_swap_keeps_every_backbone_parameter_bitwise(backbone, data, tmp_path):
     cfg = load_config(None, [f"finetune.backbone={backbone}", f"finetune.run_dir={tmp_path}",
                              f"finetune.data.path={data}", "finetune.max_length=32"])
-    run = setup(cfg)
-    state = _initial_state(run)
+    state = initial_state(*setup(cfg))
     loaded = jax.device_get(state.params["backbone"])
     expected = saved_backbone(backbone)
     assert jax.tree.structure(loaded) == jax.tree.structure(expected)
@@ -86,12 +85,13 @@ def losses_on_mesh(backbone, data, tmp_path, mesh):
                              f"finetune.data.path={data}", "finetune.max_length=32",
                              "finetune.batch_size=8", f"mesh.data={d}", f"mesh.fsdp={f}",
                              f"mesh.tensor={t}", "model.dtype=float32"])
-    run = setup(cfg, jax.devices()[: d * f * t])
-    state = _initial_state(run)
-    plan = train_plan(run.splits["train"].lengths, 8, 0, 0)
+    run, labeled = setup(cfg, jax.devices()[: d * f * t])
+    state = initial_state(run, labeled)
+    train = labeled.splits["train"]
+    plan = train_plan(train.lengths, 8, 0, 0)
     losses = []
     for rows in plan[:4]:
-        state, m = run.train_step(state, run.global_batch(run.splits["train"], rows))
+        state, m = run.train_step(state, labeled.global_batch(run, train, rows))
         losses.append(float(m["loss"]))
     return losses
 
@@ -166,3 +166,62 @@ def test_token_classification_trains_from_the_cli(tmp_path, capsys):
     assert result["split"] == "validation" and "accuracy" in result
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["labels"] == ["ANIMAL", "FRUIT", "O"] and len(report["confusion"]) == 3
+
+
+def test_finetuning_leaves_train_and_data_settings_alone(backbone, data, tmp_path, capsys):
+    """Fine-tuning runs from finetune.* alone: the saved config keeps train.* and data.* as
+    given; the resolved tokenizer / max length are recorded under finetune; progress is its
+    own checkpoint item (no data item); the best step is Orbax's own best tracking."""
+    import orbax.checkpoint as ocp
+
+    from jaxlm.checkpoint.manager import open_manager
+    from jaxlm.config import Config
+
+    args = finetune_args(tmp_path, backbone, data, "finetune.epochs=3", "finetune.b2=0.99",
+                         "checkpoint.every=5")
+    assert main(args) == 0
+    result = last_json(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    defaults = Config().to_dict()
+    assert saved["train"] == defaults["train"] and saved["data"] == defaults["data"]
+    assert saved["finetune"]["tokenizer"] == resolve_backbone(load_config(
+        None, [f"finetune.backbone={backbone}"])).tokenizer  # the backbone's, resolved
+    assert saved["finetune"]["max_length"] == 32 and saved["finetune"]["b2"] == 0.99
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    last = tmp_path / "checkpoints" / str(steps[-1])
+    assert (last / "progress").is_dir() and not (last / "data").exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    metric = saved["finetune"]["eval_metric"]
+    values = [h[metric] for h in report["history"]]
+    best = report["history"][values.index(max(values))]  # the first of the best (macro-F1)
+    assert result["best_step"] == best["step"] and result["best_epoch"] == best["epoch"]
+    manager = open_manager(tmp_path / "checkpoints", best=(metric, True))
+    assert manager.best_step() == result["best_step"]
+    progress = manager.restore(steps[-1], args=ocp.args.Composite(
+        progress=ocp.args.JsonRestore())).progress
+    manager.close()
+    assert progress["history"] == report["history"] and progress["best"] == max(values)
+
+
+def test_finetuning_adam_betas_come_from_the_finetune_section():
+    """finetune.b1/b2/eps reach the optimizer (they were hard-coded): other b2, other update."""
+    import jax.numpy as jnp
+    import optax
+
+    from jaxlm.config import FinetuneConfig
+    from jaxlm.train.optim import make_finetune_optimizer
+
+    params = {"backbone": {"w": jnp.ones((3,))}, "head": {"w": jnp.ones((2,))}}
+    grads = [jax.tree.map(lambda x, s=s: x * s, params) for s in (1.0, -3.0)]
+
+    def second_update(b2):
+        tx, _ = make_finetune_optimizer(FinetuneConfig(b2=b2, warmup_ratio=0.0, clip_norm=None),
+                                        10, 1, params)
+        state = tx.init(params)
+        for g in grads:
+            updates, state = tx.update(g, state, params)
+        return optax.tree.norm(updates)
+
+    assert FinetuneConfig().b2 == 0.999  # fine-tuning's default, unchanged
+    slow, fast = float(second_update(0.999)), float(second_update(0.5))
+    assert abs(slow - fast) > 0.05 * slow, (slow, fast)

@@ -87,7 +87,7 @@ def _jaxlm(args, **kw):
 def test_kill9_then_resume_gives_the_uninterrupted_metrics(data, tmp_path):
     def args(run):
         return finetune_args(run, "none", data, "finetune.epochs=2", "finetune.batch_size=4",
-                             "finetune.checkpoint_every=3", "model.d_model=32",
+                             "checkpoint.every=3", "logging.every=1", "model.d_model=32",
                              "model.n_layers=1", "model.n_heads=2", "finetune.head_dropout=0.1",
                              "checkpoint.async_save=false")
 
@@ -113,4 +113,5 @@ def test_kill9_then_resume_gives_the_uninterrupted_metrics(data, tmp_path):
         return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
     ref_losses, run_losses = losses(tmp_path / "ref"), losses(tmp_path / "run")
+    assert set(run_losses) == set(ref_losses) and len(ref_losses) == 16  # every step logged
     assert all(run_losses[s] == ref_losses[s] for s in run_losses)

@@ -23,7 +23,7 @@ def test_two_processes_match_one(tmp_path):
     data = synthetic_dir(tmp_path / "data", n_train=48, n_eval=16)
     overrides = finetune_args(tmp_path / "x", "none", data, "model.d_model=32",
                               "model.n_layers=1", "model.n_heads=2", "model.dtype=float32",
-                              "finetune.head_dropout=0.0", "finetune.log_every=1",
+                              "finetune.head_dropout=0.0", "logging.every=1",
                               "mesh.fsdp=2", "logging.tensorboard=false")[1:-1]
     overrides = [o for o in overrides if not o.startswith("finetune.run_dir=")]
     env = {**os.environ, "JAXLM": f"{sys.executable} -m jaxlm.cli", "PYTHON": sys.executable}

@@ -73,7 +73,7 @@ STEP_SCRIPT = """
 import sys
 import jax, numpy as np
 from jaxlm.config import load_config
-from jaxlm.train.loop import setup
+from jaxlm.train.pretrain import setup
 for overrides in [[], ["model.family=llama", "model.n_kv_heads=2"],
                   ["data.seq_len=256", "model.max_seq_len=256", "train.global_batch=64"]]:
     cfg = load_config(sys.argv[1], ["model.dtype=bfloat16", "logging.progress=false",

@@ -64,7 +64,7 @@ def test_train_cli_from_hf_and_resume_ignores_it(tmp_path, capsys):
     directory = save_tiny("gpt2", tmp_path / "hf")
     run = tmp_path / "run"
     args = ["train", f"model.init_from={directory}", f"train.run_dir={run}", "data.seq_len=64",
-            "train.global_batch=8", "train.log_every=1", "train.sample_tokens=0",
+            "train.global_batch=8", "logging.every=1", "train.sample_tokens=0",
             "train.eval_batches=1", "logging.progress=false"]
     assert main([*args, "train.steps=2", "--json"]) == 0
     out = capsys.readouterr()
@@ -96,4 +96,4 @@ def test_finetune_a_decoder_from_an_hf_directory(tmp_path, capsys):
     assert "loaded  backbone: 36 tensors" in out.out + out.err
     assert "accuracy" in last_json(out.out)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["data"]["tokenizer"] == str(directory) and saved["model"]["family"] == "gpt2"
+    assert saved["finetune"]["tokenizer"] == str(directory) and saved["model"]["family"] == "gpt2"

@@ -84,13 +84,13 @@ def test_pooler_goes_to_the_classification_head(tmp_path):
     from safetensors.numpy import load_file
 
     from jaxlm.config import load_config
-    from jaxlm.finetune.loop import _initial_state
+    from jaxlm.finetune.classify import initial_state
     from jaxlm.finetune.run import setup
 
     data = synthetic_dir(tmp_path / "data", n_train=16, n_eval=8)
     cfg = load_config(None, [f"finetune.backbone={MINILM}", f"finetune.run_dir={tmp_path}",
                              f"finetune.data.path={data}", "finetune.pooler=true"])
-    state = _initial_state(setup(cfg))
+    state = initial_state(*setup(cfg))
     saved = load_file(str(MINILM / "model.safetensors"))
     pooler = state.params["head"]["pooler"]
     np.testing.assert_array_equal(np.asarray(pooler["kernel"]), saved["pooler.dense.weight"].T)

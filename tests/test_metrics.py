@@ -34,7 +34,7 @@ from jaxlm.profiling import (
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
-OVERRIDES = ["train.steps=20", "model.n_layers=1", "train.log_every=5", "train.eval_every=10",
+OVERRIDES = ["train.steps=20", "model.n_layers=1", "logging.every=5", "train.eval_every=10",
              "train.eval_batches=1", "train.sample_tokens=4", "train.profile_steps=[3,4]"]
 TIMING_TAGS = ["train/tokens_per_sec", "train/step_time", "train/tflops_per_device", "train/mfu"]
 TRAIN_TAGS = ["train/loss", "train/lr", "train/grad_norm", "train/param_norm", *TIMING_TAGS]

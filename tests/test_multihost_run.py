@@ -31,7 +31,7 @@ import pytest
 from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import load_config
 from jaxlm.runtime.distributed import FATAL_MARKER
-from jaxlm.train.loop import setup, train
+from jaxlm.train.pretrain import setup, train
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
 SAME_BATCHES = [  # see the module docstring
     "model.n_layers=1", "model.dtype=float32", "data.mode=pad", "data.truncate=true",
-    "data.shuffle=false", "train.steps=4", "train.log_every=1", "train.eval_batches=1",
+    "data.shuffle=false", "train.steps=4", "logging.every=1", "train.eval_batches=1",
     "train.sample_tokens=0", "logging.tensorboard=false", "logging.memory_summary=false",
     "logging.progress=false", "checkpoint.every=1000",  # one checkpoint, after the last step
     "data.eval=null",  # (held-out loss: same documents too, but one compile less)
@@ -112,7 +112,7 @@ def test_checkpoint_of_two_processes_restores_in_one(runs):
     for name in ("two", "one"):
         ckpt = Checkpointer(cfg.model_copy(update={"train": cfg.train.model_copy(
             update={"run_dir": str(runs[name])})}), run.tokenizer, log=lambda msg: None)
-        state, data = ckpt.restore(run.state, run.shardings)
+        state, data, _ = ckpt.restore(run.state, run.shardings)
         ckpt.close()
         assert int(state.step) == 4 and data["process_count"] == (2 if name == "two" else 1)
         restored[name] = state

@@ -27,7 +27,7 @@ def test_tiny_pretraining_loss_falls(tmp_path):
         "train",
         TINY,
         "train.steps=20",
-        "train.log_every=5",
+        "logging.every=5",
         "train.eval_batches=2",
         "train.sample_tokens=8",
         f"train.run_dir={tmp_path}",
@@ -68,7 +68,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         "train.clip_norm=",
         "train.warmup_steps=0",
         "model.dtype=float32",
-        "train.log_every=1",
+        "logging.every=1",
         f"train.run_dir={tmp_path}",
     )
     assert proc.returncode == 1
@@ -81,7 +81,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 def test_bert_masked_lm_pretraining_loss_falls(tmp_path):
     """`jaxlm train model.family=bert data.mode=mlm`: the encoder learns the masked-LM task."""
     proc = jaxlm("train", TINY, "model.family=bert", "data.mode=mlm", "train.steps=30",
-                 "train.log_every=5", "train.eval_batches=2", f"train.run_dir={tmp_path}",
+                 "logging.every=5", "train.eval_batches=2", f"train.run_dir={tmp_path}",
                  "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

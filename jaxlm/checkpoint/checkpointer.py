@@ -1,10 +1,13 @@
 """Checkpoints of a training run, written and read with Orbax.
 
-``RUN_DIR/checkpoints/<step>/`` holds four items, written together by one
+``RUN_DIR/checkpoints/<step>/`` holds these items, written together by one
 ``orbax.checkpoint.CheckpointManager`` save:
 
 * ``state``: the train state (step, params, optimizer state, RNG) as sharded arrays;
-* ``data``: every process's data-pipeline state (JSON), for an exact resume of the stream;
+* ``data``: every process's data-pipeline state (JSON), for an exact resume of the stream
+  (objectives that read a stream: pretraining);
+* ``progress``: the objective's own record (JSON; fine-tuning: best metric, epochs without
+  improvement, history); the best step itself is Orbax's (``best_step()``);
 * ``config``: the resolved config (JSON), checked for compatibility on resume;
 * ``tokenizer``: which tokenizer was used, its vocabulary size and a hash of it (JSON).
 
@@ -86,11 +89,18 @@ class Checkpointer:
     """
 
     def __init__(self, cfg: Config, tokenizer: Any, log: Callable[[str], None] = print, *,
+                 run_dir: str | Path | None = None, tokenizer_name: str | None = None,
                  best: tuple[str, bool] | None = None, compat_keys: tuple[str, ...] = ()) -> None:
+        """``run_dir``: the run's directory (default ``train.run_dir``); ``tokenizer_name``:
+        how the run names its tokenizer (default ``data.tokenizer``); ``best = (metric,
+        higher_is_better)``: keep and track the best checkpoint by that metric."""
         self.cfg, self.ccfg, self.log = cfg, cfg.checkpoint, log
         self.compat_keys = compat_keys
-        self.directory = checkpoint_dir(cfg.train.run_dir)
+        self.directory = checkpoint_dir(run_dir if run_dir is not None else cfg.train.run_dir)
         self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
+        if tokenizer_name is not None:
+            self.tokenizer_ref["tokenizer"] = tokenizer_name
+        self.tracks_best = best is not None
         self._in_flight: int | None = None  # step of an async save not yet known to be final
         self._sealer: threading.Thread | None = None  # writing the last final step's manifest
         self._seal_error: str | None = None  # why the last manifest could not be written
@@ -153,9 +163,10 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint.resume={resume}: no complete checkpoint there")
         return other, steps, False
 
-    def restore(self, state: Any, shardings: Any) -> tuple[Any, Any]:
-        """``(state, data_item)`` from the checkpoint chosen by ``checkpoint.resume``, restored
-        onto ``shardings`` (both ``TrainState``s); ``(state, None)`` when starting afresh."""
+    def restore(self, state: Any, shardings: Any) -> tuple[Any, Any, Any]:
+        """``(state, data_item, progress_item)`` from the checkpoint chosen by
+        ``checkpoint.resume``, restored onto ``shardings`` (both ``TrainState``s); items the
+        checkpoint lacks are None; ``(state, None, None)`` when starting afresh."""
         manager, steps, own = self._source()
         target = abstract_like(state_tree(state), state_tree(shardings))
         for i, step in enumerate(steps):
@@ -176,19 +187,26 @@ class Checkpointer:
             diffs = mismatches(saved_tree, target)
             if diffs:
                 raise CheckpointError(describe_mismatch(f"checkpoint {where}", diffs))
+            present = [name for name in ("data", "progress") if (where / name).is_dir()]
             try:
                 out = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+                    state=ocp.args.StandardRestore(target),
+                    **{name: ocp.args.JsonRestore() for name in present}))
             except Exception as e:  # noqa: BLE001
                 self._skip(manager, step, steps[i + 1:], own, e)
                 continue
             self.log(f"checkpoint: resumed from {where} (step {step})")
-            return state.replace(**out.state), out.data
+            data = out.data if "data" in present else None
+            progress = out.progress if "progress" in present else None
+            if progress is None and data is not None and "history" in (data.get("states")
+                                                                     or [{}])[0]:
+                progress, data = data["states"][0], None  # fine-tuning before the item
+            return state.replace(**out.state), data, progress
         if steps:
             raise CheckpointError(f"no readable checkpoint in {manager.directory} (tried steps "
                                   f"{', '.join(map(str, steps))}); use checkpoint.resume=never "
                                   "with a new train.run_dir to start afresh")
-        return state, None
+        return state, None, None
 
     def _skip(self, manager: ocp.CheckpointManager, step: int, rest: list[int], own: bool,
               err: Exception) -> None:
@@ -242,15 +260,18 @@ class Checkpointer:
 
     # --------------------------------------------------------------------------- saving
 
-    def due(self, step: int) -> bool:
-        """A regular save is due after ``step`` (every N steps and at the last step)."""
-        return step % self.ccfg.every == 0 or step == self.cfg.train.steps
+    def due(self, step: int, total: int) -> bool:
+        """A regular save is due after ``step`` of ``total``: every ``checkpoint.every``
+        steps and at the last one."""
+        return step % self.ccfg.every == 0 or step == total
 
-    def save(self, step: int, state: Any, data_state: dict[str, Any], *,
-             wait: bool = False, metrics: dict[str, float] | None = None) -> bool:
-        """Save everything after ``step``; ``wait`` blocks until it is final on disk.
-        ``metrics`` rank the checkpoint when the manager keeps the best one (the step is
-        added to break ties).
+    def save(self, step: int, state: Any, data_state: dict[str, Any] | None = None, *,
+             progress: dict[str, Any] | None = None, wait: bool = False,
+             metrics: dict[str, float] | None = None) -> bool:
+        """Save everything after ``step``: the state, this process's ``data_state`` (None:
+        the objective reads no stream) and the objective's ``progress`` (None: none);
+        ``wait`` blocks until it is final on disk. ``metrics`` rank the checkpoint when the
+        manager tracks the best one (the step is added to break ties).
 
         Returns False if this step was already saved. A failure to write (full disk, no
         permission) raises :class:`TrainingError`; complete checkpoints are left as they are.
@@ -261,10 +282,14 @@ class Checkpointer:
             return False
         if self._in_flight is not None:  # (Orbax would wait for it too) final → sealed
             self.wait()
+        items: dict[str, Any] = {}
+        if data_state is not None:
+            items["data"] = ocp.args.JsonSave({"process_count": jax.process_count(),
+                                               "states": gather_json(data_state)})
+        if progress is not None:
+            items["progress"] = ocp.args.JsonSave(progress)
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state_tree(state)),
-            data=ocp.args.JsonSave({"process_count": jax.process_count(),
-                                    "states": gather_json(data_state)}),
+            state=ocp.args.StandardSave(state_tree(state)), **items,
             config=ocp.args.JsonSave(self.cfg.to_dict()),
             tokenizer=ocp.args.JsonSave(self.tokenizer_ref))
         try:
@@ -346,9 +371,17 @@ class Checkpointer:
         steps = [s for s in self.manager.all_steps() if s != self._in_flight]
         return max(steps, default=None)
 
+    def best(self) -> int | None:
+        """The best complete checkpoint by the tracked metric (Orbax's ``best_step``); None
+        when none was saved with metrics."""
+        if not self.tracks_best or not self.manager.all_steps():
+            return None
+        return self.manager.best_step()
+
     def describe(self, step: int) -> str:
         return (f"saved {self.directory / str(step)}: train state (step {step}, params, "
-                "optimizer state, RNG), data-pipeline state, config and tokenizer reference")
+                "optimizer state, RNG), the objective's data/progress state, config and "
+                "tokenizer reference")
 
     def close(self) -> None:
         """Wait for a save in flight and its manifest, then release Orbax's threads."""

@@ -18,11 +18,15 @@ from orbax.checkpoint import checkpoint_managers as policies
 from jaxlm.config import CheckpointConfig
 from jaxlm.runtime import quiet
 
-ITEMS = ("state", "data", "config", "tokenizer")
+# state: the train state; data: the data pipeline's position (pretraining); progress: the
+# objective's own record (fine-tuning: best metric, epochs without improvement, history).
+ITEMS = ("state", "data", "progress", "config", "tokenizer")
 
 # Orbax warns whenever a manager is opened read-only, which jaxlm does on purpose to read
 # checkpoints it must not change (export, fine-tuning backbones, predict).
-logging.getLogger("absl").addFilter(quiet.DropMatching(("Given directory is read only",)))
+logging.getLogger("absl").addFilter(quiet.DropMatching((
+    "Given directory is read only",  # and every save between epochs, when the best is tracked:
+    "did not provide metrics")))
 TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a step not yet committed
 
 
@@ -30,27 +34,36 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def best_options(metric: str, higher: bool) -> dict[str, Any]:
+    """Orbax's own best-checkpoint tracking (``manager.best_step()``) by ``metric``, ties to
+    the earliest step (checkpoints are saved with ``{metric: value, "step": step}``)."""
+    return {"best_fn": lambda m: (m[metric], -m["step"] if higher else m["step"]),
+            "best_mode": "max" if higher else "min"}
+
+
 def open_manager(directory: Path, ccfg: CheckpointConfig | None = None,
                  best: tuple[str, bool] | None = None) -> ocp.CheckpointManager:
     """An Orbax manager of ``directory``: writable with ``ccfg``'s policies, else read-only.
 
-    ``best = (metric, higher_is_better)`` also keeps the one checkpoint saved with the best
-    value of that metric (checkpoints saved without metrics are kept only as the latest)."""
+    ``best = (metric, higher_is_better)`` tracks the best checkpoint by that metric
+    (``best_step()``) and, when writable, also keeps it (checkpoints saved without metrics
+    are kept only as the latest)."""
+    tracking = best_options(*best) if best is not None else {}
     if ccfg is None:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                               save_interval_steps=0)
+                                               save_interval_steps=0, **tracking)
     else:
         keep: list[Any] = [policies.LatestN(ccfg.keep)]
         if ccfg.keep_period:
             keep.append(policies.EveryNSteps(ccfg.keep_period))
-        if best is not None:  # ties go to the earliest step, as the training loop counts them
-            metric, higher = best
-            keep.append(policies.BestN(
-                get_metric_fn=lambda m: (m[metric], -m["step"] if higher else m["step"]),
-                reverse=not higher, n=1, keep_checkpoints_without_metrics=False))
+        if best is not None:
+            keep.append(policies.BestN(get_metric_fn=tracking["best_fn"],
+                                       reverse=not best[1], n=1,
+                                       keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep),
-            enable_async_checkpointing=ccfg.async_save, cleanup_tmp_directories=True)
+            enable_async_checkpointing=ccfg.async_save, cleanup_tmp_directories=True,
+            **tracking)
     return ocp.CheckpointManager(directory.absolute(), options=options,
                                  item_handlers=item_handlers())
 

@@ -95,8 +95,10 @@ def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "") 
                               "a Hugging Face model directory (config.json with a model_type)"
                               ) from None
     step, config = _checkpoint_config(directory, step, setting)
-    return Pretrained("checkpoint", directory, step, config,
-                      config.get("data", {}).get("tokenizer", "default"))
+    # A fine-tuning run records its tokenizer under finetune (its data.* is not its own).
+    tokenizer = ((config.get("finetune") or {}).get("tokenizer")
+                 or config.get("data", {}).get("tokenizer", "default"))
+    return Pretrained("checkpoint", directory, step, config, tokenizer)
 
 
 def pretrained_model_config(source: Pretrained, cfg: Config, setting: str) -> ModelConfig:

@@ -1,8 +1,8 @@
 """The ``finetune`` section of the config schema: a backbone, a fresh head, labeled data.
 
 Used by ``jaxlm finetune`` (:mod:`jaxlm.finetune`); pretraining ignores it. The mesh,
-checkpoint (``async_save``, ``resume``), logging and distributed sections apply as in
-pretraining; the model architecture and tokenizer come from the backbone.
+checkpoint, logging and distributed sections apply as in pretraining; the model
+architecture and tokenizer come from the backbone.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jaxlm.config.section import Section
+from jaxlm.config.section import OptimizerSettings, Section
 
 
 class LabeledDataConfig(Section):
@@ -40,8 +40,14 @@ class LabeledDataConfig(Section):
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
 
 
-class FinetuneConfig(Section):
-    """A fine-tuning run: where the backbone comes from, the head, the data, the schedule."""
+class FinetuneConfig(OptimizerSettings):
+    """A fine-tuning run: where the backbone comes from, the head, the data, the schedule.
+
+    The one trainer runs it from this section alone (run dir, batch, seed, optimizer): it
+    never reads or rewrites ``train.*`` or ``data.*``. Logging and checkpoint cadence are
+    ``logging.every`` and ``checkpoint.every``, as in pretraining; AdamW's settings are
+    :class:`~jaxlm.config.section.OptimizerSettings` with fine-tuning's defaults.
+    """
 
     backbone: str = Field(
         "runs/default",
@@ -53,6 +59,9 @@ class FinetuneConfig(Section):
         False, description="take the backbone's architecture and tokenizer, not its weights"
     )
     run_dir: str = "runs/finetune"
+    tokenizer: str | None = Field(
+        None, description="None = the backbone's (recorded in the run's config.json)"
+    )
     problem: Literal["single_label", "multi_label", "regression", "token"] = "single_label"
     data: LabeledDataConfig = Field(default_factory=LabeledDataConfig)
     num_labels: int | None = Field(None, gt=0, description="None = from the data")
@@ -65,6 +74,8 @@ class FinetuneConfig(Section):
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(32, gt=0, description="examples per step, all devices")
     lr: float = Field(5e-4, gt=0.0, description="peak learning rate of the backbone")
+    weight_decay: float = Field(0.01, ge=0.0)
+    b2: float = Field(0.999, gt=0.0, lt=1.0, description="AdamW second-moment decay")
     head_lr: float | None = Field(None, gt=0.0, description="of the head; None = lr")
     layer_decay: float = Field(
         1.0, gt=0.0, le=1.0,
@@ -73,8 +84,6 @@ class FinetuneConfig(Section):
     )
     freeze_backbone: bool = Field(False, description="train the head only")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.01, ge=0.0)
-    clip_norm: float | None = Field(1.0, gt=0.0)
     eval_metric: Literal["accuracy", "macro_f1", "loss", "mae"] | None = Field(
         None, description="chooses the best checkpoint (loss, mae: lower is better); None = "
         "macro_f1, or mae for regression"
@@ -82,10 +91,6 @@ class FinetuneConfig(Section):
     early_stopping: int | None = Field(
         None, gt=0, description="stop after this many epochs without a better eval_metric"
     )
-    checkpoint_every: int = Field(
-        50, gt=0, description="also save every N steps within an epoch (resume after a kill)"
-    )
-    log_every: int = Field(10, gt=0)
     seed: int = 0
 
     @model_validator(mode="after")

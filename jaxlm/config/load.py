@@ -132,9 +132,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
+def from_dict(raw: dict[str, Any], objective: str = "train") -> Config:
+    """A validated config; ``objective="finetune"`` for a fine-tuning run's saved config
+    (its model is the backbone's, so pretraining's data settings are not checked against
+    it)."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"objective": objective})
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
@@ -176,14 +179,21 @@ def resolve_mesh_shape(mesh: MeshConfig, n_devices: int) -> tuple[int, int, int]
     return tuple(sizes)  # type: ignore[return-value]
 
 
-def check_devices(cfg: Config, n_devices: int) -> tuple[int, int, int]:
-    """Checks that need the device count; returns the resolved mesh shape."""
+def check_devices(cfg: Config, n_devices: int,
+                  batch: tuple[str, int] | None = None) -> tuple[int, int, int]:
+    """Checks that need the device count; returns the resolved mesh shape. ``batch``:
+    (setting, examples per step) of the section being run; default ``train.global_batch``."""
     data, fsdp, tensor = resolve_mesh_shape(cfg.mesh, n_devices)
     dp = data * fsdp
-    micro = cfg.train.global_batch // cfg.train.grad_accum
+    if batch is None:
+        micro = cfg.train.global_batch // cfg.train.grad_accum
+        per = f" (per microbatch {micro})" if cfg.train.grad_accum > 1 else ""
+        setting, size = "train.global_batch", cfg.train.global_batch
+    else:
+        (setting, size), micro, per = batch, batch[1], ""
     if micro % dp:
         raise ConfigError(
-            f"train.global_batch={cfg.train.global_batch} (per microbatch {micro}) is not "
+            f"{setting}={size}{per} is not "
             f"divisible by the data-parallel size data*fsdp={dp}; use a multiple of {dp}"
         )
     m = cfg.model

@@ -74,7 +74,10 @@ class CheckpointConfig(Section):
     checkpoints of its own, which are newer and win (so a restarted job continues).
     """
 
-    every: int = Field(100, gt=0, description="save every N steps (and at the end)")
+    every: int = Field(
+        100, gt=0, description="save every N steps (and at the end; fine-tuning also at every "
+        "epoch's end)"
+    )
     keep: int = Field(3, gt=0, description="keep the last K checkpoints")
     keep_period: int | None = Field(None, gt=0, description="also keep every M-th step forever")
     async_save: bool = Field(True, description="write in the background while training goes on")
@@ -97,6 +100,7 @@ class LoggingConfig(Section):
 
     tensorboard: bool = Field(True, description="event files in RUN_DIR/tensorboard")
     jsonl: bool = Field(True, description="one JSON line per log in RUN_DIR/metrics.jsonl")
+    every: int = Field(10, gt=0, description="log train metrics every N steps")
     progress: bool = Field(True, description="terminal progress bar")
     flush_secs: int = Field(10, gt=0, description="how often event files are flushed")
     peak_tflops: float | None = Field(

@@ -11,9 +11,10 @@ This package imports nothing of jaxlm but its error types (floor 1).
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from jaxlm.config.finetune import FinetuneConfig
 from jaxlm.config.runtime import (
@@ -22,7 +23,7 @@ from jaxlm.config.runtime import (
     LoggingConfig,
     MeshConfig,
 )
-from jaxlm.config.section import Section
+from jaxlm.config.section import OptimizerSettings, Section
 
 # ----------------------------------------------------------------------------------- model
 
@@ -211,22 +212,19 @@ class DataConfig(Section):
 # ----------------------------------------------------------------------------------- train
 
 
-class TrainConfig(Section):
+class TrainConfig(OptimizerSettings):
+    """Pretraining: the run, its schedule and its optimizer (AdamW settings shared with
+    ``finetune``: :class:`~jaxlm.config.section.OptimizerSettings`)."""
+
     run_dir: str = "runs/default"
     steps: int = Field(300, gt=0)
     global_batch: int = Field(16, gt=0, description="sequences per optimizer step, all devices")
     grad_accum: int = Field(1, gt=0, description="microbatches per step (lax.scan)")
-    lr: float = Field(2e-3, gt=0.0)
     warmup_steps: int = Field(30, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    weight_decay: float = Field(0.1, ge=0.0)
     decay_exclude: list[Literal["norms", "biases", "embeddings"]] = Field(
         default_factory=lambda: ["norms", "biases"]
     )
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float | None = Field(1.0, gt=0.0)
     z_loss: float = Field(0.0, ge=0.0)
     spike_factor: float | None = Field(
         3.0, gt=1.0, description="stop (without saving) when the loss exceeds this times its "
@@ -234,7 +232,6 @@ class TrainConfig(Section):
         "also used by fine-tuning",
     )
     seed: int = 0
-    log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)
     eval_batches: int = Field(8, gt=0)
     sample_tokens: int = Field(64, ge=0, description="tokens generated at the end; 0 = none")
@@ -243,6 +240,15 @@ class TrainConfig(Section):
 
 
 # ------------------------------------------------------------------------------------ root
+
+# Old keys of settings now shared by pretraining and fine-tuning → (section, key).
+MOVED = {"train.log_every": ("logging", "every"), "finetune.log_every": ("logging", "every"),
+         "finetune.checkpoint_every": ("checkpoint", "every")}
+
+
+class ConfigWarning(UserWarning):
+    """A setting was given under its old name."""
+
 
 
 class Config(Section):
@@ -255,8 +261,32 @@ class Config(Section):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, values: Any) -> Any:
+        """Settings both loops share moved to the section they belong to: the old keys still
+        work, with a one-line warning."""
+        if not isinstance(values, dict):
+            return values
+        for old, (section, key) in MOVED.items():
+            where, name = old.split(".")
+            part = values.get(where)
+            if isinstance(part, dict) and name in part:
+                part = dict(part)
+                value = part.pop(name)
+                values = {**values, where: part}
+                target = dict(values.get(section) or {})
+                target.setdefault(key, value)
+                values[section] = target
+                warnings.warn(f"{old} is now {section}.{key} (shared by train and finetune); "
+                              f"using {section}.{key}={target[key]}", ConfigWarning, stacklevel=2)
+        return values
+
     @model_validator(mode="after")
-    def _check_combinations(self) -> Config:
+    def _check_combinations(self, info: ValidationInfo) -> Config:
+        """Cross-section checks. A fine-tuning run's saved config (``from_dict(raw,
+        objective="finetune")``) skips those of pretraining's data against the model: its
+        model is the backbone's and ``data.*`` is not what it trained on."""
         m, t = self.model, self.train
         if m.d_model % m.n_heads:
             raise ValueError(f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}")
@@ -266,6 +296,16 @@ class Config(Section):
             )
         if m.positions == "rope" and m.head_dim % 2:
             raise ValueError(f"rope needs an even head dim; d_model/n_heads={m.head_dim}")
+        if t.global_batch % t.grad_accum:
+            raise ValueError(
+                f"train.grad_accum={t.grad_accum} must divide train.global_batch={t.global_batch}"
+            )
+        if (info.context or {}).get("objective") != "finetune":
+            self._check_pretraining_data()
+        return self
+
+    def _check_pretraining_data(self) -> None:
+        m = self.model
         mode = self.data.mode
         if mode == "mlm" and m.causal:
             raise ValueError(f"data.mode=mlm needs an encoder (model.family=bert), but "
@@ -278,11 +318,6 @@ class Config(Section):
             raise ValueError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}"
             )
-        if t.global_batch % t.grad_accum:
-            raise ValueError(
-                f"train.grad_accum={t.grad_accum} must divide train.global_batch={t.global_batch}"
-            )
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -27,13 +27,14 @@ from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.finetune.batching import batch_length, buckets, eval_plan, make_batch
 from jaxlm.finetune.labeled import Encoded, _local_files, _read_local, encode, encode_texts
-from jaxlm.finetune.run import LABELS_FILE
+from jaxlm.finetune.run import HIGHER_IS_BETTER, LABELS_FILE
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
-from jaxlm.tasks import Classification, add_sums
+from jaxlm.tasks import Classification
 from jaxlm.tasks.classification import format_report
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import state_shardings
 from jaxlm.train.step import make_eval_step, make_predict_step
+from jaxlm.train.trainer import evaluate
 
 
 def read_texts(texts: list[str], file: str | None) -> list[str]:
@@ -41,20 +42,25 @@ def read_texts(texts: list[str], file: str | None) -> list[str]:
     return texts or read_lines(file, "text")
 
 
-def _best_step(run_dir: Path) -> int:
-    """The best checkpoint recorded by the run (the latest when no epoch has ended yet)."""
+def _best_step(run_dir: Path, cfg: Any) -> int:
+    """The best checkpoint of the run, as Orbax tracked it by ``finetune.eval_metric``
+    (runs saved before the ``progress`` item: the best step their data item recorded); the
+    latest when no epoch has ended yet."""
     import orbax.checkpoint as ocp
 
+    metric = cfg.finetune.eval_metric
     directory = run_dir / "checkpoints"
-    manager = open_manager(directory) if directory.is_dir() else None
+    manager = (open_manager(directory, best=(metric, HIGHER_IS_BETTER[metric]))
+               if directory.is_dir() else None)
     steps = manager.all_steps() if manager else []
     if not steps:
         raise CheckpointError(f"{run_dir} has no complete checkpoint yet; run `jaxlm finetune` "
                               "to the end of an epoch first")
-    progress = manager.restore(max(steps), args=ocp.args.Composite(
-        data=ocp.args.JsonRestore())).data["states"][0]
+    best = manager.best_step()
+    if not (directory / str(max(steps)) / "progress").is_dir():  # an older run
+        best = manager.restore(max(steps), args=ocp.args.Composite(
+            data=ocp.args.JsonRestore())).data["states"][0].get("best_step")
     manager.close()
-    best = progress.get("best_step")
     return best if best in steps else max(steps)
 
 
@@ -65,7 +71,8 @@ class Predictor:
                  step: int | None) -> None:
         self.run_dir, self.cfg, self.names, self.problem = run_dir, cfg, names, problem
         f = cfg.finetune
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        self.tokenizer = load_tokenizer(f.tokenizer or cfg.data.tokenizer)
+        self.max_length = f.max_length or cfg.data.seq_len  # (runs before the setting)
         self.task = Classification(cfg.model, len(names), problem, f.pooling, f.pooler,
                                    f.head_dropout)
         self.n_dev = jax.device_count()
@@ -77,14 +84,14 @@ class Predictor:
         rules = logical_rules(mcfg.mesh)
         shardings = state_shardings(self.task, make_optimizer(cfg.train), self.mesh, rules)
         abstract = jax.eval_shape(lambda r: nn.unbox(self.task.init(r)), jax.random.PRNGKey(0))
-        self.step = step if step is not None else _best_step(run_dir)
+        self.step = step if step is not None else _best_step(run_dir, cfg)
         self.params = load_params(run_dir / "checkpoints", abstract_like(abstract,
                                                                            shardings.params),
                                   step=self.step)
         self.sharding = batch_sharding(self.mesh, rules)
         self._predict = make_predict_step(self.task, shardings, self.sharding, self.mesh, rules)
         self._eval = make_eval_step(self.task, shardings, self.sharding, self.mesh, rules)
-        self.sizes = buckets(cfg.data.seq_len)
+        self.sizes = buckets(self.max_length)
 
     @classmethod
     def load(cls, run_dir: str | Path, step: int | None = None) -> Predictor:
@@ -100,7 +107,7 @@ class Predictor:
                                 f"finetune.backbone={run_dir}")
             raise UserError(f"{run_dir} is not a `jaxlm finetune` run directory (no "
                             f"{LABELS_FILE} or config.json)")
-        cfg = from_dict(json.loads(config_file.read_text()))
+        cfg = from_dict(json.loads(config_file.read_text()), objective="finetune")
         labels = json.loads(labels_file.read_text())
         return cls(path, cfg, labels["labels"], labels["problem"], step)
 
@@ -114,7 +121,7 @@ class Predictor:
     def probabilities(self, texts: list[str], pairs: list[str] | None = None,
                       batch_size: int = 64) -> np.ndarray:
         """(N, C) class probabilities (multi-label: per class; regression: (N,) values)."""
-        ids, types = encode_texts(self.tokenizer, texts, pairs, self.cfg.data.seq_len,
+        ids, types = encode_texts(self.tokenizer, texts, pairs, self.max_length,
                                   self.cfg.model.causal)
         data = Encoded(ids, types, None, texts)
         out: np.ndarray | None = None
@@ -163,10 +170,9 @@ class Predictor:
         if len(ds) == 0:
             raise DataError(f"{path} holds no examples")
         data = encode(ds, "evaluation", path, self.tokenizer, d, self.problem, self.names,
-                      self.cfg.data.seq_len, self.cfg.model.causal)
-        totals = None
-        for _, batch in self._batches(data, batch_size):
-            totals = add_sums(totals, self._eval(self.params, batch))
+                      self.max_length, self.cfg.model.causal)
+        totals = evaluate(self._eval, self.params,
+                          (batch for _, batch in self._batches(data, batch_size)))
         metrics = self.task.eval_metrics(totals)
         text = f"{path} (checkpoint step {self.step}): " + ", ".join(
             f"{k} {v:.4f}" for k, v in metrics.items() if k != "examples")

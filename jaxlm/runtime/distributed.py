@@ -350,12 +350,14 @@ def setup_process_log(run_dir: str | Path, process_index: int | None = None,
 
 def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
     """Everything a process does first: :func:`initialize`, a check that the run directory
-    ``cfg.train.run_dir`` (set by ``setting``) can be written, then :func:`setup_process_log`
-    in it. Safe to call more than once."""
+    named by ``setting`` (``train.run_dir`` or ``finetune.run_dir``) can be written, then
+    :func:`setup_process_log` in it. Safe to call more than once."""
     first = process_log.path() is None
     me = initialize(cfg.distributed)
-    rundir.prepare(cfg.train.run_dir, setting)  # one line, before anything is written there
-    path = setup_process_log(cfg.train.run_dir)
+    section, key = setting.split(".")
+    run_dir = getattr(getattr(cfg, section), key)
+    rundir.prepare(run_dir, setting)  # one line, before anything is written there
+    path = setup_process_log(run_dir)
     if me.multi and first:
         import jax
 

@@ -112,7 +112,7 @@ def make_finetune_optimizer(f: FinetuneConfig, total_steps: int, n_layers: int,
     lr_tx = optax.GradientTransformation(
         lambda _: optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32)), scale_by_lr)
     adamw = optax.chain(
-        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+        optax.scale_by_adam(b1=f.b1, b2=f.b2, eps=f.eps),
         optax.add_decayed_weights(f.weight_decay,
                                   mask=lambda p: decay_mask(p, ["norms", "biases"])),
         lr_tx)
