@@ -365,4 +365,26 @@ def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
                  "local; a process that stops for %ds stops the run; log: %s", me.index,
                  me.count, me.source, me.coordinator, jax.local_device_count(),
                  jax.device_count(), me.heartbeat_timeout, path)
+        _no_compilation_cache_on_cpu()
     return me
+
+
+def _no_compilation_cache_on_cpu() -> None:
+    """Turn JAX's persistent compilation cache off in a multi-process CPU run.
+
+    Measured with jax 0.12.1 (2 processes x 4 CPU devices, gloo): a second launch that finds
+    the executables of the first in a shared ``JAX_COMPILATION_CACHE_DIR`` hangs in the first
+    train step's collective on every process, for ever (heartbeats keep arriving, so nothing
+    stops it); jax 0.10.2 was unaffected. CPU processes are a rehearsal of a pod, where
+    compile time matters less than a run that cannot hang, so the cache is off there.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu" or not jax.config.jax_compilation_cache_dir:
+        return
+    if not jax.config.jax_enable_compilation_cache:
+        return
+    jax.config.update("jax_enable_compilation_cache", False)
+    log.warning("JAX's persistent compilation cache (%s) is off in this multi-process CPU run: "
+                "reusing its executables can hang the processes' collectives",
+                jax.config.jax_compilation_cache_dir)
