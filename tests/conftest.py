@@ -11,3 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # One measured CPU peak (jaxlm.profiling) for the whole session, shared with subprocesses.
 os.environ.setdefault("JAXLM_CACHE", tempfile.mkdtemp(prefix="jaxlm-cache-"))
+# One persistent XLA compilation cache for the whole session, shared with subprocesses (the CLI
+# tests compile the same tiny models again and again; a warm hit skips most of a compile).
+# Multi-process CPU runs turn it off themselves (jaxlm.runtime.distributed).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["JAXLM_CACHE"], "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -9,7 +9,8 @@ one ``jaxlm: error:`` line instead of a pile of tracebacks and log records sayin
   ``TrainingError`` and puts these records in the process log.
 * :func:`quiet_orbax_leftovers`: after such a failure, tensorstore's write callbacks that
   arrive once Orbax closed its event loop (``RuntimeError: Event loop is closed``, once per
-  array), asyncio's "Task exception was never retrieved" for Orbax's write tasks (at exit)
+  array), asyncio's "Task/Future exception was never retrieved" for Orbax's write tasks and
+  tensorstore's write futures (at exit)
   and Python's "coroutine ... was never awaited" for Orbax's write fragments never started.
 * :func:`quiet_writer_thread`: the traceback of TensorBoard's event-writer thread when a
   write fails; the same error is raised again in the training thread, where it is reported.
@@ -72,14 +73,17 @@ class _OrbaxLeftoverTasks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if "exception was never retrieved" not in text or not _from_orbax(record):
+        if "exception was never retrieved" not in text or not _from_orbax(record, text):
             return True
         self.sink(f"asyncio: {text.splitlines()[-1][:300]}\n")
         return False
 
 
-def _from_orbax(record: logging.LogRecord) -> bool:
-    """Whether the record's exception was raised in Orbax's code."""
+def _from_orbax(record: logging.LogRecord, text: str) -> bool:
+    """Whether the record's exception was raised in Orbax's code, or by tensorstore writing
+    into an Orbax step not yet committed (its path has Orbax's temporary suffix)."""
+    if ".orbax-checkpoint-tmp" in text:
+        return True
     tb = record.exc_info[2] if record.exc_info else None
     while tb is not None:
         if "/orbax/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
