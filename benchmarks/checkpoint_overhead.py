@@ -27,7 +27,6 @@ os.environ.setdefault("USE_TORCH", "0")  # `datasets` would import torch if inst
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -45,6 +44,7 @@ from jaxlm.checkpoint.integrity import verify, write_manifest  # noqa: E402
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.data.pipeline import build_pipeline, to_global  # noqa: E402
 from jaxlm.models import param_count  # noqa: E402
+from jaxlm.runtime.hardware import describe_cpu  # noqa: E402
 from jaxlm.train.pretrain import setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def main() -> None:
     cmd = " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
     lines = [
         SECTION, "", f"Command: `{cmd}`  ",
-        f"Machine: CPU only ({platform.processor() or platform.machine()}, {os.cpu_count()} "
+        f"Machine: CPU only ({describe_cpu()}, {os.cpu_count()} "
         "cores, shared with other jobs while measured), one JAX CPU device, local disk. "
         f"{args.steps} steps per phase, a save every {args.every} steps (the data-pipeline "
         "state, train state, config and tokenizer, as the loop saves them). ms/step averages "

@@ -25,7 +25,6 @@ os.environ.setdefault("USE_TORCH", "0")  # `datasets` would import torch (~6 s) 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,6 +35,7 @@ from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import Config, load_config  # noqa: E402
 from jaxlm.data.pipeline import build_pipeline, to_global  # noqa: E402
+from jaxlm.runtime.hardware import describe_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Data pipeline throughput"
@@ -112,7 +112,7 @@ def main() -> None:
     model = model_rates(cfg, args.steps, args.rounds)
     cmd = " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
     lines = [SECTION, "", f"Command: `{cmd}`  ",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+             f"Machine: {describe_cpu()}, {os.cpu_count()} CPU cores "
              f"(shared with other jobs while measured). Config `{args.config}`: batch {b}x{L}, "
              "embedded corpus, default tokenizer, "
              f"row shuffle window {cfg.data.shuffle_rows} rows. "

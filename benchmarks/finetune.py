@@ -29,7 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -42,15 +41,9 @@ from report import replace_section  # benchmarks/report.py  # noqa: E402
 
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.finetune.labeled import demo_dir  # noqa: E402
+from jaxlm.runtime.hardware import describe_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def jaxlm(*args: str) -> dict:
@@ -212,7 +205,7 @@ def main() -> None:
 def write_markdown(rows: list, thr: list, texts_s: float, args: argparse.Namespace) -> None:
     cmd = "python benchmarks/finetune.py " + " ".join(sys.argv[1:])
     lines = ["## Fine-tuning", "", f"Command: `{cmd}`  ",
-             f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, one JAX CPU device, jax "
+             f"Machine: {describe_cpu()}, {os.cpu_count()} CPU cores, one JAX CPU device, jax "
              f"{jax.__version__}. Task: the embedded demo (`finetune.data.path=demo`: fortunes "
              "by category, 5 labels, 1,780 / 222 / 222 examples), the default model "
              "(GPT-2 style, 2.6M params) and `configs/finetune/demo.yaml` settings "

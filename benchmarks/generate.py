@@ -26,7 +26,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -39,28 +38,14 @@ import numpy as np  # noqa: E402
 from report import replace_section  # benchmarks/report.py  # noqa: E402
 
 from jaxlm.config import load_config  # noqa: E402
-from jaxlm.generate import DecodeEngine, Sampling, left_pad, place_params  # noqa: E402
+from jaxlm.generate import GREEDY, DecodeEngine, left_pad, place_params  # noqa: E402
 from jaxlm.generate.source import inference_mesh  # noqa: E402
 from jaxlm.models import DecoderLM, param_count  # noqa: E402
-from jaxlm.models.layers import resolve_auto  # noqa: E402
+from jaxlm.runtime.hardware import describe_cpu, resolve_auto  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Generation"
 CONFIGS = {"tiny": str(ROOT / "configs" / "pretrain" / "tiny.yaml"), "default": None}
-GREEDY = Sampling()
-
-
-def cpu_model() -> str:
-    """``lscpu``'s model name (and the bf16 flags that decide the compute dtype)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines()
-                 if ln.startswith("Model name")), "unknown CPU")
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    extra = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(extra) or 'no native bf16'})"
 
 
 def median_time(fn: Callable[[], object], rounds: int) -> float:
@@ -158,7 +143,7 @@ def main() -> None:
     lines = [
         SECTION, "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, shared with other jobs while "
+        f"Machine: {describe_cpu()}, {os.cpu_count()} CPU cores, shared with other jobs while "
         f"measured (figures are medians of {args.rounds} rounds; compare rows of one run, not "
         f"runs); jax {jax.__version__}, one CPU device. Random parameters, greedy, a "
         f"{args.prompt}-token prompt and {args.new} new tokens, so the buffer (context) is "

@@ -38,7 +38,9 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from report import replace_section  # benchmarks/report.py
+from report import replace_section  # benchmarks/report.py  # noqa: E402
+
+from jaxlm.runtime.hardware import describe_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Long documents"
@@ -139,15 +141,6 @@ def heldout(train_file: Path, shuffle_rows: int, steps: int, run_dir: Path) -> d
             "s": time.perf_counter() - t0}
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
 def _row(name: str, r: dict[str, float]) -> str:
     return (f"| {name} | {r['mb']:,.1f} MB | {r['peak_mb']:,.0f} MB (+{r['growth_mb']:,.0f}) | "
             f"{r['first_s']:.2f} s | {r['tok_s']:,.0f} ({r['tok_s_after_first']:,.0f}; "
@@ -194,7 +187,7 @@ def main() -> None:
     cmd = " ".join(["python", f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
     lines = [
         SECTION, "", f"Command: `{cmd}`  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, shared with another developer's "
+        f"Machine: {describe_cpu()}, {os.cpu_count()} CPU cores, shared with another developer's "
         "work while measured (absolute times are loose; the ratios are the point).", "",
         f"**Pipeline on one document** (train stream of `configs/pretrain/tiny.yaml`: batch "
         f"{BATCH}x{SEQ}, default tokenizer, row shuffle on). Each file is streamed for one pass "

@@ -33,8 +33,8 @@ from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import load_config
 from jaxlm.models import flops_per_token, param_count
-from jaxlm.models.layers import resolve_auto
 from jaxlm.profiling import measure_cpu_peak_flops
+from jaxlm.runtime.hardware import cpu_has_native_bf16, describe_cpu, resolve_auto
 from jaxlm.runtime.hostmem import retain_freed_memory
 from jaxlm.train.pretrain import setup
 
@@ -47,20 +47,6 @@ CONFIGS = {
               "model.vocab_size=4096", "model.max_seq_len=256", "data.seq_len=256",
               "train.global_batch=16"],
 }
-
-
-def cpu_description() -> tuple[str, bool]:
-    """(CPU model with its matmul ISA flags, whether it has native bf16)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), False
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                  if ln.startswith("model name")), platform.machine())
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                      if ln.startswith("flags")), []))
-    has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model} ({', '.join(has) or 'no AVX2'})", bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def random_batch(b: int, seq: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -201,7 +187,7 @@ def main() -> None:
     retained = retain_freed_memory()  # as the `jaxlm` command does, before any thread starts
     import torch
 
-    cpu, native_bf16 = cpu_description()
+    cpu, native_bf16 = describe_cpu(), cpu_has_native_bf16()
     peak = measure_cpu_peak_flops()
     print(f"{cpu}; {os.cpu_count()} cores; jax {jax.__version__}, flax {flax.__version__}, "
           f"torch {torch.__version__}; measured matmul plateau {peak / 1e12:.3f} TFLOP/s; "

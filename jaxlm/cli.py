@@ -2,11 +2,11 @@
 
     jaxlm train [CONFIG.yaml] [section.key=value ...]   pretrain (defaults: embedded corpus)
     jaxlm finetune [CONFIG.yaml] [key=value ...]        a backbone + fresh head on labeled data
-    jaxlm predict RUN_DIR "text" ... [--file F] [--jsonl]   label texts with a fine-tuned run
-    jaxlm evaluate RUN_DIR --data FILE                  metrics of a fine-tuned run on a file
+    jaxlm predict RUN_DIR "text" ... [--file F] [--json] [--step N]   label texts (fine-tuned run)
+    jaxlm evaluate RUN_DIR --data FILE [--json] [--step N]   metrics of a fine-tuned run on a file
     jaxlm plan CONFIG [key=value ...] --devices N --device-kind KIND --hbm-gib G   will it fit
     jaxlm generate SOURCE "prompt" ... [--max-new-tokens N] [--temperature T] [--top-k K]
-                   [--top-p P] [--seed S] [--stop STR] [--file F] [--jsonl]   continue text
+                   [--top-p P] [--seed S] [--stop STR] [--file F] [--json] [--step N]
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
     jaxlm tensorboard RUN_DIR [--port P] [--host 127.0.0.1]   view a run's metrics and traces
     jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N]   params only, for fine-tuning/inference
@@ -99,7 +99,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.run_dir, step=args.step)
     rows = predictor.predict(texts, batch_size=args.batch_size)
     for text, row in zip(texts, rows, strict=True):
-        if args.jsonl:
+        if args.json:
             print(json.dumps({"text": text, **row}), flush=True)
         else:
             print(predictor.format_row(text, row), flush=True)
@@ -125,12 +125,16 @@ def read_prompts(prompts: list[str], file: str | None) -> list[str]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from jaxlm.generate import Generator, Sampling
 
-    sampling = Sampling(args.temperature, args.top_k or None, args.top_p)  # checks them
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    kw = {k: v for k, v in given.items() if v is not None}  # unset: Sampling's defaults
+    if kw.get("top_k") == 0:  # 0 = all
+        kw["top_k"] = None
+    sampling = Sampling(**kw)  # checks them
     prompts = read_prompts(args.prompts, args.file)
-    generator = Generator.load(args.source)
+    generator = Generator.load(args.source, step=args.step)
     kw = {"max_new_tokens": args.max_new_tokens, "sampling": sampling, "seed": args.seed,
           "stop": args.stop or ()}
-    if len(prompts) == 1 and not args.jsonl:  # one prompt: print tokens as they come
+    if len(prompts) == 1 and not args.json:  # one prompt: print tokens as they come
         pieces = generator.stream(prompts[0], **kw)  # checks the prompt first
         print(prompts[0], end="", flush=True)
         for piece in pieces:
@@ -138,7 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print()
         return 0
     for i, c in enumerate(generator.generate(prompts, batch_size=args.batch_size, **kw)):
-        if args.jsonl:
+        if args.json:
             print(json.dumps({"prompt": c.prompt, "completion": c.text,
                               "tokens": len(c.token_ids), "finish_reason": c.finish_reason}),
                   flush=True)
@@ -203,6 +207,13 @@ def _parser_with_defaults(**kwargs: Any) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(formatter_class=_ShowDefaults, **kwargs)
 
 
+def _json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``, the one machine-readable output flag of every verb (one JSON object per
+    line where a verb prints several); ``--jsonl``, its old name, still works."""
+    parser.add_argument("--json", action="store_true", help=what)
+    parser.add_argument("--jsonl", dest="json", action="store_true", help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlm", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"jaxlm {_version()}")
@@ -213,13 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="pretrain a language model")
     t.add_argument("config", nargs="?", help="YAML config (see configs/); default: built-in")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200")
-    t.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    _json_flag(t, "print the final metrics as JSON")
     t.set_defaults(func=cmd_train)
 
     ft = sub.add_parser("finetune", help="fine-tune a backbone with a fresh task head")
     ft.add_argument("config", nargs="?", help="YAML config (see configs/finetune/)")
     ft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.epochs=5")
-    ft.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    _json_flag(ft, "print the final metrics as JSON")
     ft.set_defaults(func=cmd_finetune)
 
     pl = sub.add_parser("plan", help="memory per device and step time of a config, before "
@@ -241,32 +252,36 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "predict":
             pr.add_argument("texts", nargs="*", help="texts to label (none: --file or stdin)")
             pr.add_argument("--file", help="a text file, one text per line ('-' = stdin)")
-            pr.add_argument("--jsonl", action="store_true",
-                            help="one JSON object per text: label, probability, all scores")
+            _json_flag(pr, "one JSON object per text: label, probability, all scores")
         else:
             pr.add_argument("--data", required=True,
                             help="labeled csv/jsonl/parquet with the run's text and label columns")
-            pr.add_argument("--json", action="store_true", help="print the metrics as JSON")
+            _json_flag(pr, "print the metrics as JSON")
         pr.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the best one)")
         pr.add_argument("--batch-size", type=int, default=64, help="texts run at once")
         pr.set_defaults(func=cmd_predict if name == "predict" else cmd_evaluate)
 
     g = sub.add_parser("generate", help="continue text with a pretrained decoder (KV cache)")
-    g.add_argument("source", help="run directory, checkpoint step directory or export directory")
+    g.add_argument("source", help="run directory, checkpoint step directory, export or Hugging "
+                   "Face model directory")
     g.add_argument("prompts", nargs="*", help="prompts (none: --file or stdin); one prompt "
                    "streams its tokens as they come")
     g.add_argument("--max-new-tokens", type=int, default=64,
                    help="at most this many new tokens (and never past the model's context)")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=40, help="sample from the K most likely; 0 = all")
+    # None: the library's Sampling() defaults (temperature 0.8, top-k 40), the one source
+    g.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (default: 0.8, as jaxlm.generate.Sampling)")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="sample from the K most likely; 0 = all (default: 40, as Sampling)")
     g.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the most likely tokens holding P of the probability")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--stop", action="append", help="stop at this text (not printed); repeatable")
     g.add_argument("--file", help="a text file, one prompt per line ('-' = stdin)")
-    g.add_argument("--jsonl", action="store_true",
-                   help="one JSON object per prompt: prompt, completion, tokens, finish_reason")
+    _json_flag(g, "one JSON object per prompt: prompt, completion, tokens, finish_reason")
+    g.add_argument("--step", type=int, default=None,
+                   help="checkpoint step of a run directory (default: latest)")
     g.add_argument("--batch-size", type=int, default=32, help="prompts decoded at once")
     g.set_defaults(func=cmd_generate)
 

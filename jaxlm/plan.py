@@ -27,6 +27,7 @@ from jaxlm.config import Config
 from jaxlm.errors import UserError
 from jaxlm.models import flops_per_token, param_count
 from jaxlm.profiling import memory_summary, table_peak_flops
+from jaxlm.runtime.hardware import resolve_config
 from jaxlm.sharding import activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import pretraining_task
 from jaxlm.train.optim import lr_schedule, make_optimizer
@@ -54,16 +55,17 @@ class Estimate:
 def _for_device(cfg: Config, device_kind: str) -> Config:
     """The config as it would run on ``device_kind``: bf16 compute on accelerators (``auto``
     would pick this CPU's dtype), and the attention ``auto`` picks there, as the XLA form the
-    CPU compiler can lower. (The fused loss's chunks follow this CPU's budget, 16 MiB of
-    logits per device instead of an accelerator's 256 MiB: a difference well under 1 GiB.)"""
+    CPU compiler can lower; on a CPU, what a run here resolves ``auto`` to. (The fused loss's
+    chunks follow this CPU's budget, 16 MiB of logits per device instead of an accelerator's
+    256 MiB: a difference well under 1 GiB.)"""
     model = cfg.model
-    accel = device_kind.lower() != "cpu"
     update: dict[str, Any] = {}
-    if model.dtype == "auto":
-        update["dtype"] = "bfloat16" if accel else "float32"
-    if model.attention == "cudnn" or (accel and model.attention == "auto"):
-        update["attention"] = "dot_product"
-    return cfg.model_copy(update={"model": model.model_copy(update=update)}) if update else cfg
+    if device_kind.lower() != "cpu":
+        if model.dtype == "auto":
+            update["dtype"] = "bfloat16"
+        if model.attention in ("auto", "cudnn"):
+            update["attention"] = "dot_product"
+    return resolve_config(cfg.model_copy(update={"model": model.model_copy(update=update)}))
 
 
 def estimate(cfg: Config, changes: list[str]) -> Estimate:

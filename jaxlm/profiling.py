@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import re
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 from jaxlm.config import ConfigError, ModelConfig
 from jaxlm.models.flops import flops_per_token
+from jaxlm.runtime.hardware import MATMUL_FLAGS, cpu_flags, cpu_model
 
 # Dense bf16 peak FLOP/s per *JAX device*, matched as a lower-case substring of
 # ``device.device_kind``, first match wins (so more specific names come first). TPU v2/v3
@@ -82,19 +82,10 @@ def table_peak_flops(device_kind: str) -> float | None:
 def _cpu_fingerprint() -> str:
     """What the measured CPU peak depends on: the CPU model and matmul ISA, the core count,
     the jax version and XLA flags (a peak is only reused on the same machine and software)."""
-    model, flags = platform.machine(), ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                      if ln.startswith("model name")), model)
-        have = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                         if ln.startswith("flags")), []))
-        flags = ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
-    except OSError:
-        pass
+    flags = ",".join(f for f in MATMUL_FLAGS if f in cpu_flags())
     xla = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                  os.environ.get("XLA_FLAGS", "")).strip()
-    return f"{model}|{flags}|{os.cpu_count()}|jax {jax.__version__}|{xla}"
+    return f"{cpu_model()}|{flags}|{os.cpu_count()}|jax {jax.__version__}|{xla}"
 
 
 def cache_dir() -> Path:

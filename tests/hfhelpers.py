@@ -15,6 +15,7 @@ from jaxlm.config import Config
 from jaxlm.hf.checkpoint import HFCheckpoint
 from jaxlm.hf.load import load_hf_params
 from jaxlm.models import Backbone, DecoderLM, MaskedLM
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import activate, logical_rules, logical_to_sharding, make_mesh
 
 ROOT = Path(__file__).parents[1]
@@ -91,7 +92,7 @@ def mesh_and_rules(shape=(2, 2, 2)):
 def jaxlm_model(directory: Path, what: str = "logits"):
     """(model config in f32, the jaxlm module): the pretraining model, or the backbone."""
     with HFCheckpoint(directory) as ckpt:
-        model = ckpt.model.model_copy(update={"dtype": "float32"})
+        model = resolve_auto(ckpt.model.model_copy(update={"dtype": "float32"}))
     if what == "hidden":
         return model, Backbone(model)
     return model, (MaskedLM(model) if model.is_encoder else DecoderLM(model))

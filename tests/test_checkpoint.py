@@ -30,6 +30,7 @@ from jaxlm.checkpoint.checkpointer import (
 from jaxlm.config import Config, load_config
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import TrainingError
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import logical_rules, make_mesh
 from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import make_optimizer
@@ -54,7 +55,7 @@ def build(cfg: Config, n_devices: int = 1, seed: int = 0) -> tuple[Any, Any]:
     values from ``seed`` (traced with ``jax.eval_shape``, never compiled: fast tests).
     """
     mesh = make_mesh(cfg, jax.devices()[:n_devices])
-    task, tx = CausalLM(cfg.model), make_optimizer(cfg.train)
+    task, tx = CausalLM(resolve_auto(cfg.model)), make_optimizer(cfg.train)
     shardings = state_shardings(task, tx, mesh, logical_rules(cfg.mesh))
 
     def init() -> TrainState:

@@ -10,11 +10,12 @@ import pytest
 from jaxlm.config import ModelConfig
 from jaxlm.models import DecoderLM, MaskedLM, SequenceClassifier, TokenClassifier, param_count
 from jaxlm.models.heads import pool
+from jaxlm.runtime.hardware import resolve_auto
 
 
 def tiny(**kw) -> ModelConfig:
     base = dict(d_model=32, n_layers=2, n_heads=4, vocab_size=97, max_seq_len=16, dtype="float32")
-    return ModelConfig(**{**base, **kw})
+    return resolve_auto(ModelConfig(**{**base, **kw}))
 
 
 def init(module, *args):

@@ -17,6 +17,7 @@ from jaxlm.finetune.batching import train_plan
 from jaxlm.finetune.classify import initial_state
 from jaxlm.finetune.predict import Predictor
 from jaxlm.finetune.run import setup
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.tasks import CausalLM
 
 
@@ -33,7 +34,7 @@ def data(tmp_path_factory):
 def saved_backbone(run_dir, step=None):
     """The backbone parameters of a run's checkpoint (latest, or ``step``), on the host."""
     source = resolve_backbone(load_config(None, [f"finetune.backbone={run_dir}"]))
-    task = CausalLM(ModelConfig(**source.config["model"]))
+    task = CausalLM(resolve_auto(ModelConfig(**source.config["model"])))
     abstract = jax.eval_shape(lambda r: nn.unbox(task.init(r)), jax.random.PRNGKey(0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -115,8 +116,8 @@ def test_predict_probabilities_sum_to_one_and_match_eval(backbone, data, tmp_pat
     metrics, report = predictor.evaluate_file(str(data / "validation.jsonl"))
     assert metrics["loss"] == pytest.approx(nll, rel=1e-4)
     assert "confusion" in report
-    # the CLI: one line per text, and --jsonl rows that parse
-    assert main(["predict", str(tmp_path), "apple pie", "zebra crossing", "--jsonl"]) == 0
+    # the CLI: one line per text, and --json rows that parse
+    assert main(["predict", str(tmp_path), "apple pie", "zebra crossing", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [row["text"] for row in lines] == ["apple pie", "zebra crossing"]
     assert all(abs(sum(row["scores"].values()) - 1) < 1e-4 for row in lines)
@@ -144,7 +145,7 @@ def test_other_problems_train_from_the_cli(problem, extra, tmp_path, capsys):
     result = last_json(capsys.readouterr().out)
     assert result["split"] == "validation"
     assert ("mae" if problem == "regression" else "macro_f1") in result
-    assert main(["predict", str(tmp_path / "run"), "apple pie", "--jsonl"]) == 0
+    assert main(["predict", str(tmp_path / "run"), "apple pie", "--jsonl"]) == 0  # (--json)
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ("value" if problem == "regression" else "labels") in row
 

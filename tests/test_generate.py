@@ -23,24 +23,24 @@ from jaxlm.generate import (
     place_params,
     sample_logits,
 )
-from jaxlm.generate.sampling import nucleus_threshold
+from jaxlm.generate.sampling import DEFAULT, GREEDY, nucleus_threshold
 from jaxlm.models import DecoderLM
+from jaxlm.runtime.hardware import resolve_config
 from jaxlm.sharding import logical_rules, make_mesh
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
 VOCAB, CONTEXT = 128, 32
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [3]]  # lengths 3, 10, 1
-GREEDY = Sampling()
 
 
 def tiny_config(mesh=(1, 1, 1), **model):
     d, f, t = mesh
     overrides = {"d_model": 32, "n_heads": 4, "n_layers": 2, "vocab_size": VOCAB,
                  "max_seq_len": CONTEXT, "dtype": "float32", **model}
-    return load_config(None, [f"model.{k}={v}" for k, v in overrides.items()] + [
+    return resolve_config(load_config(None, [f"model.{k}={v}" for k, v in overrides.items()] + [
         f"data.seq_len={CONTEXT}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}",
-        f"train.global_batch={d * f}"])
+        f"train.global_batch={d * f}"]))
 
 
 def engine_for(cfg, mesh=(1, 1, 1)):
@@ -116,12 +116,13 @@ def test_top_k_1_and_a_tiny_top_p_are_greedy(llama):
     greedy = engine.generate(params, PROMPTS, 6, GREEDY)
     assert engine.generate(params, PROMPTS, 6, Sampling(1.0, top_k=1), seed=3) == greedy
     assert engine.generate(params, PROMPTS, 6, Sampling(1.0, top_p=1e-6), seed=3) == greedy
-    sampled = engine.generate(params, PROMPTS, 6, Sampling(1.0), seed=3)
+    hot = Sampling(1.0, top_k=None)
+    sampled = engine.generate(params, PROMPTS, 6, hot, seed=3)
     assert sampled != greedy  # temperature 1 over 128 tokens: not the argmax every time
-    assert engine.generate(params, PROMPTS, 6, Sampling(1.0), seed=3) == sampled  # the seed
+    assert engine.generate(params, PROMPTS, 6, hot, seed=3) == sampled  # the seed
     # streaming draws token i with the same key as the decode loop
-    alone = engine.generate(params, [PROMPTS[0]], 6, Sampling(1.0), seed=3)[0][0]
-    assert list(engine.stream(params, PROMPTS[0], 6, Sampling(1.0), seed=3)) == alone
+    alone = engine.generate(params, [PROMPTS[0]], 6, hot, seed=3)[0][0]
+    assert list(engine.stream(params, PROMPTS[0], 6, hot, seed=3)) == alone
 
 
 def test_sampling_filters_keep_only_the_allowed_tokens():
@@ -129,7 +130,7 @@ def test_sampling_filters_keep_only_the_allowed_tokens():
     keys = jax.random.split(jax.random.PRNGKey(0), 2000)
 
     def drawn(**kw):
-        sampling = Sampling(1.0, **kw)
+        sampling = Sampling(1.0, **{"top_k": None, **kw})
         return set(np.asarray(jax.vmap(lambda k: sample_logits(logits, k, sampling))(keys))
                    .ravel().tolist())
 
@@ -195,7 +196,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen_run")
     assert main(["train", TINY, "train.steps=4", f"train.run_dir={out}", "train.sample_tokens=4",
                  "train.eval_batches=1", "logging.progress=false", "logging.tensorboard=false",
-                 "logging.memory_summary=false"]) == 0
+                 "logging.memory_summary=false", "checkpoint.every=2"]) == 0
     assert main(["export", str(out), str(out / "export")]) == 0
     return out
 
@@ -212,6 +213,39 @@ def test_run_step_and_export_sources_load_the_same_model(run_dir, gen):
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), other.params,
                                          gen.params))
         assert other.tokenizer.get_vocab() == gen.tokenizer.get_vocab()
+
+
+def test_step_picks_a_checkpoint_of_the_run(run_dir, gen, capsys):
+    earlier = Generator.load(run_dir, step=2)
+    same = load_source(run_dir / "checkpoints" / "2")
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), earlier.params,
+                                     same.params))
+    assert not jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                                         earlier.params, gen.params))  # step 4 is the latest
+    args = ["--json", "--max-new-tokens", "4", "--temperature", "0"]
+    assert main(["generate", str(run_dir), "ROMEO:", "JULIET:", "--step", "2", *args]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["completion"] for r in rows] == [
+        c.text for c in earlier.generate(["ROMEO:", "JULIET:"], 4, GREEDY)]
+    for source, step, message in ((run_dir, 3, "no complete checkpoint of step 3"),
+                                  (run_dir / "export", 2, "is not a run directory"),
+                                  (run_dir / "checkpoints" / "4", 2, "differs from the step")):
+        assert main(["generate", str(source), "hi", "--step", str(step)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_library_and_cli_sample_alike(run_dir, gen, capsys):
+    assert Sampling() == DEFAULT and DEFAULT.temperature > 0 and DEFAULT.top_k == 40
+    prompts = ["ROMEO:", "JULIET: O"]
+    assert main(["generate", str(run_dir), *prompts, "--json", "--max-new-tokens", "6",
+                 "--seed", "5"]) == 0  # no sampling flags: the library's defaults
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["completion"] for r in rows] == [c.text for c in gen.generate(prompts, 6, seed=5)]
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DEFAULT.temperature}," in shown and f"(default: {DEFAULT.top_k}," in shown
 
 
 def test_stop_string_ends_the_text(gen):
@@ -271,12 +305,12 @@ def test_cli_streams_one_prompt(run_dir, gen, monkeypatch):
 def test_cli_jsonl_for_several_prompts_from_a_file(run_dir, gen, tmp_path, capsys):
     prompts = ["ROMEO:", "JULIET: O", "First Citizen:"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n\n")
-    assert main(["generate", str(run_dir), "--file", str(tmp_path / "prompts.txt"), "--jsonl",
+    assert main(["generate", str(run_dir), "--file", str(tmp_path / "prompts.txt"), "--json",
                  "--max-new-tokens", "5", "--temperature", "0"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in rows] == prompts
     for r in rows:  # the batch gives what each prompt gets alone
-        [alone] = gen.generate([r["prompt"]], 5)
+        [alone] = gen.generate([r["prompt"]], 5, GREEDY)
         assert (r["completion"], r["finish_reason"]) == (alone.text, alone.finish_reason)
         assert r["tokens"] == len(alone.token_ids) <= 5
 

@@ -13,6 +13,7 @@ from hfhelpers import TOL, hf_model, need_torch, save_tiny, torch_forward
 
 from jaxlm.cli import main
 from jaxlm.config import load_config
+from jaxlm.runtime.hardware import resolve_config
 from jaxlm.sharding import activate, logical_rules, make_mesh
 from jaxlm.tasks import pretraining_task
 from jaxlm.train.init_from import apply_init_from, load_init_from
@@ -28,7 +29,7 @@ def initialised(*overrides):
                              "mesh.tensor=2", *overrides])
     cfg, source = apply_init_from(cfg)
     mesh, rules = make_mesh(cfg), logical_rules(cfg.mesh)
-    task = pretraining_task(cfg)
+    task = pretraining_task(resolve_config(cfg))
     state, shardings = create_train_state(task, optax.sgd(0.1), mesh, rules, 0)
     params, report = load_init_from(source, state.params, shardings.params)
     with activate(mesh, rules):

@@ -16,7 +16,7 @@ def test_generate_from_an_hf_directory_equals_the_export(tmp_path, capsys):
     rows = []
     for source in (export, tmp_path / "hf"):
         assert main(["generate", str(source), "ROMEO:", "To be", "--temperature", "0",
-                     "--max-new-tokens", "6", "--jsonl"]) == 0
+                     "--max-new-tokens", "6", "--json"]) == 0
         rows.append([json.loads(x)["completion"] for x in
                      capsys.readouterr().out.strip().splitlines()])
     assert rows[0] == rows[1] and all(rows[0])

@@ -13,11 +13,12 @@ import jaxlm.models.attention as attention_mod
 from jaxlm.config import ModelConfig
 from jaxlm.models import DecoderLM, MultiHeadAttention, flops_per_token, param_count
 from jaxlm.models.attention import attention_mask
+from jaxlm.runtime.hardware import resolve_auto
 
 
 def tiny(**kw) -> ModelConfig:
     base = dict(d_model=32, n_layers=2, n_heads=4, vocab_size=97, max_seq_len=16, dtype="float32")
-    return ModelConfig(**{**base, **kw})
+    return resolve_auto(ModelConfig(**{**base, **kw}))
 
 
 class Jitted:

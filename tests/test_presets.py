@@ -8,6 +8,7 @@ import pytest
 
 from jaxlm.config import load_config
 from jaxlm.models import param_count
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import lr_schedule, make_optimizer
@@ -26,7 +27,7 @@ def test_preset_train_step_lowers_on_8_devices(path):
     assert lo <= param_count(cfg.model) <= hi
     mesh = make_mesh(cfg)
     rules = logical_rules(cfg.mesh)
-    task, tx = CausalLM(cfg.model), make_optimizer(cfg.train)
+    task, tx = CausalLM(resolve_auto(cfg.model)), make_optimizer(cfg.train)
     state, shardings = create_train_state(task, tx, mesh, rules, 0, abstract=True)
     assert is_abstract(state)
     bs = batch_sharding(mesh, rules)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxlm.config import load_config
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import lr_schedule, make_optimizer
@@ -37,7 +38,7 @@ def train3(mesh_shape, family="gpt2", accum=1, batch_size=BATCH):
     ])
     mesh = make_mesh(cfg, jax.devices()[: d * f * t])
     rules = logical_rules(cfg.mesh)
-    task, tx = CausalLM(cfg.model), make_optimizer(cfg.train)
+    task, tx = CausalLM(resolve_auto(cfg.model)), make_optimizer(cfg.train)
     state, shardings = create_train_state(task, tx, mesh, rules, seed=0)
     init = jax.device_get(state.params)
     bs = batch_sharding(mesh, rules)

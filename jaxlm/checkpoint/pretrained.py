@@ -19,6 +19,7 @@ from jaxlm.checkpoint.export import WEIGHTS, is_export
 from jaxlm.config import Config, ModelConfig
 
 ARCH_EXEMPT = RUNTIME_MODEL_FIELDS  # model.* settings a run may change from its source's
+HARDWARE_FIELDS = ("dtype", "attention")  # the machine's choice: always the new run's own
 
 
 @dataclass
@@ -64,10 +65,12 @@ def hf_source(path: Path) -> Pretrained:
     return Pretrained("hf", path, None, config, str(path))
 
 
-def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "") -> Pretrained:
+def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "",
+                       step: int | None = None) -> Pretrained:
     """Find what ``setting=spec`` names; one-line errors for anything else. When the path
     does not exist, ``hint`` goes before the list of what the setting accepts, ``more`` after
-    it."""
+    it. ``step`` picks a checkpoint of a run (default: the latest, or the step directory
+    given)."""
     from jaxlm.hf import is_hf_dir
 
     path = Path(spec)
@@ -75,6 +78,9 @@ def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "") 
     if not path.exists():
         raise CheckpointError(f"{setting}={spec}: no such directory; {hint}set {setting} to "
                               f"{accepted}{more}")
+    if step is not None and (is_hf_dir(path) or is_export(path)):
+        raise CheckpointError(f"--step {step}: {spec} is not a run directory (an export or a "
+                              "Hugging Face directory holds one set of weights)")
     if is_hf_dir(path):
         return hf_source(path)
     if is_export(path):
@@ -88,13 +94,16 @@ def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "") 
                                                                               "default")
         return Pretrained("export", directory, None, config, tokenizer)
     try:
-        directory, step = locate(path)
+        directory, named = locate(path)
     except CheckpointError:
         raise CheckpointError(f"{setting}={spec} is not a run directory, a checkpoint step "
                               f"directory or a `jaxlm export` directory (with {WEIGHTS}), nor "
                               "a Hugging Face model directory (config.json with a model_type)"
                               ) from None
-    step, config = _checkpoint_config(directory, step, setting)
+    if step is not None and named is not None and named != step:
+        raise CheckpointError(f"--step {step} differs from the step directory {spec} (step "
+                              f"{named}); give the run directory with --step, or the step alone")
+    step, config = _checkpoint_config(directory, named if step is None else step, setting)
     # A fine-tuning run records its tokenizer under finetune (its data.* is not its own).
     tokenizer = ((config.get("finetune") or {}).get("tokenizer")
                  or config.get("data", {}).get("tokenizer", "default"))
@@ -103,8 +112,9 @@ def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "") 
 
 def pretrained_model_config(source: Pretrained, cfg: Config, setting: str) -> ModelConfig:
     """The source's architecture with this run's runtime settings (dropout, attention,
-    dtype, remat). Architecture settings asked for here that differ from the source's are
-    an error naming them."""
+    dtype, remat; dtype and attention always this run's, ``auto`` by default, since the
+    source's were chosen for the machine that trained it). Architecture settings asked for
+    here that differ from the source's are an error naming them."""
     if source.kind == "none":
         return cfg.model
     saved = ModelConfig(**source.config["model"])
@@ -120,7 +130,7 @@ def pretrained_model_config(source: Pretrained, cfg: Config, setting: str) -> Mo
         raise CheckpointError(f"{source.describe()} does not match the model asked for: {keys}; "
                               f"the architecture comes from {setting}, so drop these model.* "
                               "settings")
-    runtime = {k: asked[k] for k in ARCH_EXEMPT if asked[k] != default[k]}
+    runtime = {k: asked[k] for k in ARCH_EXEMPT if asked[k] != default[k] or k in HARDWARE_FIELDS}
     return saved.model_copy(update={"init_from": None, **runtime})
 
 

@@ -28,6 +28,7 @@ from jaxlm.errors import UserError
 from jaxlm.finetune.batching import batch_length, buckets, eval_plan, make_batch
 from jaxlm.finetune.labeled import Encoded, _local_files, _read_local, encode, encode_texts
 from jaxlm.finetune.run import HIGHER_IS_BETTER, LABELS_FILE
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Classification
 from jaxlm.tasks.classification import format_report
@@ -69,6 +70,7 @@ class Predictor:
 
     def __init__(self, run_dir: Path, cfg: Any, names: list[str], problem: str,
                  step: int | None) -> None:
+        cfg = cfg.model_copy(update={"model": resolve_auto(cfg.model)})  # (runs that saved auto)
         self.run_dir, self.cfg, self.names, self.problem = run_dir, cfg, names, problem
         f = cfg.finetune
         self.tokenizer = load_tokenizer(f.tokenizer or cfg.data.tokenizer)

@@ -34,6 +34,7 @@ from jaxlm.finetune.batching import (
 )
 from jaxlm.finetune.labeled import Encoded, encode, label_names, load_splits
 from jaxlm.runtime.distributed import start as start_process
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Classification
 from jaxlm.train.optim import make_finetune_optimizer
@@ -82,7 +83,7 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
     start_process(cfg, "finetune.run_dir")  # jax.distributed first: nothing may touch devices
     f = cfg.finetune
     source = resolve_backbone(cfg)
-    model_cfg = backbone_model_config(source, cfg)
+    model_cfg = resolve_auto(backbone_model_config(source, cfg))  # auto: for this machine
     tokenizer_name = f.tokenizer or source.tokenizer
     tokenizer = load_tokenizer(tokenizer_name)
     check_vocab(tokenizer, model_cfg.vocab_size)

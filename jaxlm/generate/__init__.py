@@ -9,10 +9,12 @@
 
 from jaxlm.generate.engine import DecodeEngine, PaddedBatch, left_pad
 from jaxlm.generate.generator import Completion, Generator
-from jaxlm.generate.sampling import GenerationError, Sampling, sample_logits
+from jaxlm.generate.sampling import DEFAULT, GREEDY, GenerationError, Sampling, sample_logits
 from jaxlm.generate.source import LoadedModel, load_source, param_shardings, place_params
 
 __all__ = [
+    "DEFAULT",
+    "GREEDY",
     "Completion",
     "DecodeEngine",
     "GenerationError",

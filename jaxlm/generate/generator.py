@@ -23,12 +23,11 @@ from jax.sharding import Mesh
 
 from jaxlm.config import MeshConfig, ModelConfig
 from jaxlm.generate.engine import DecodeEngine
-from jaxlm.generate.sampling import GenerationError, Sampling
+from jaxlm.generate.sampling import DEFAULT, GenerationError, Sampling
 from jaxlm.generate.source import check_can_generate, load_source
 from jaxlm.sharding import Rules
 
 FinishReason = Literal["eos", "stop", "length"]
-GREEDY = Sampling()
 CONTEXT_TOKENS = 4  # prompt tokens decoded with the completion, so its first space survives
 
 
@@ -102,10 +101,12 @@ class Generator:
         self.engine = DecodeEngine(cfg, mesh, rules)
 
     @classmethod
-    def load(cls, source: str | Path, mesh: MeshConfig | None = None) -> Generator:
-        """From a run directory, a checkpoint step directory or an export (see
-        :func:`~jaxlm.generate.load_source`), on the local devices."""
-        m = load_source(source, mesh)
+    def load(cls, source: str | Path, mesh: MeshConfig | None = None,
+             step: int | None = None) -> Generator:
+        """From a run directory (its latest checkpoint, or ``step``), a checkpoint step
+        directory or an export (see :func:`~jaxlm.generate.load_source`), on the local
+        devices."""
+        m = load_source(source, mesh, step)
         return cls(m.cfg, m.params, m.tokenizer, m.mesh, m.rules, m.bos_id, m.eos_id)
 
     def encode(self, prompt: str, name: str = "the prompt") -> list[int]:
@@ -135,7 +136,7 @@ class Generator:
         return min(max_new_tokens, self.cfg.max_seq_len - max(len(p) for p in prompts))
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64,
-                 sampling: Sampling = GREEDY, seed: int = 0, stop: Sequence[str] = (),
+                 sampling: Sampling = DEFAULT, seed: int = 0, stop: Sequence[str] = (),
                  batch_size: int = 32) -> list[Completion]:
         """One :class:`Completion` per prompt; ``batch_size`` prompts decode at once."""
         if batch_size < 1:
@@ -161,7 +162,7 @@ class Generator:
         reason: FinishReason = "stop" if text.stopped else "eos" if eos else "length"
         return Completion(prompt, text.text, text.ids, reason)
 
-    def stream(self, prompt: str, max_new_tokens: int = 64, sampling: Sampling = GREEDY,
+    def stream(self, prompt: str, max_new_tokens: int = 64, sampling: Sampling = DEFAULT,
                seed: int = 0, stop: Sequence[str] = ()) -> Iterator[str]:
         """The completion of one prompt, piece by piece as tokens are computed. Its pieces
         join to the ``text`` :meth:`generate` gives for the same prompt, settings and seed.

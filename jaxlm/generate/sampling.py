@@ -25,10 +25,11 @@ class GenerationError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """How tokens are drawn. The defaults are greedy decoding."""
+    """How tokens are drawn. The defaults (temperature 0.8, top-k 40) are also those of
+    ``jaxlm generate`` and of the samples logged while training; :data:`GREEDY` is argmax."""
 
-    temperature: float = 0.0  # 0 = greedy (argmax)
-    top_k: int | None = None  # keep the k most likely tokens; None = all
+    temperature: float = 0.8  # 0 = greedy (argmax)
+    top_k: int | None = 40  # keep the k most likely tokens; None = all
     top_p: float | None = None  # nucleus: smallest set with this much probability; None = 1
 
     def __post_init__(self) -> None:
@@ -39,6 +40,9 @@ class Sampling:
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise GenerationError(f"top_p {self.top_p} must be in (0, 1]")
 
+
+DEFAULT = Sampling()  # jaxlm generate's, Generator's and the training samples'
+GREEDY = Sampling(temperature=0.0, top_k=None)  # always the most likely token
 
 
 NUCLEUS_BISECTIONS = 32  # threshold to 2^-32 of the top probability: ties beyond f32's

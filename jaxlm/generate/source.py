@@ -31,6 +31,7 @@ from jaxlm.config import Config, ConfigError, MeshConfig, ModelConfig, from_dict
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
 from jaxlm.generate.sampling import GenerationError
 from jaxlm.models import DecoderLM
+from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import Rules, logical_rules, logical_to_sharding, make_mesh
 
 KINDS = ("a jaxlm run directory, a checkpoint step directory, a `jaxlm export` directory or a "
@@ -94,17 +95,20 @@ def inference_mesh(cfg: Config, mesh: MeshConfig | None = None) -> tuple[Mesh, R
     raise AssertionError("unreachable")
 
 
-def load_source(source: str | Path, mesh: MeshConfig | None = None) -> LoadedModel:
-    """Resolve ``source`` (see the module docstring) to its model config, its parameters
-    placed on the generation mesh, and its tokenizer. One-line errors for anything else."""
+def load_source(source: str | Path, mesh: MeshConfig | None = None,
+                step: int | None = None) -> LoadedModel:
+    """Resolve ``source`` (see the module docstring; ``step``: a checkpoint of a run, default
+    the latest) to its model config, its parameters placed on the generation mesh, and its
+    tokenizer. One-line errors for anything else."""
     path = Path(source)
     if not path.exists():
         raise GenerationError(f"{source} does not exist: give {KINDS}")
     if (path / FINETUNE_LABELS).is_file():
         raise GenerationError(f"{path} is a fine-tuned classifier run: it has no language-model "
                               "head to generate with; give the pretraining run it started from")
-    found = resolve_pretrained(str(path), "jaxlm generate SOURCE")
+    found = resolve_pretrained(str(path), "jaxlm generate SOURCE", step=step)
     cfg = from_dict(found.config)
+    cfg = cfg.model_copy(update={"model": resolve_auto(cfg.model)})  # (runs that saved auto)
     check_can_generate(cfg.model)
     tokenizer = load_tokenizer(found.tokenizer)
     device_mesh, rules = inference_mesh(cfg, mesh)

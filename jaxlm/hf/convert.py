@@ -33,6 +33,7 @@ from jaxlm.hf.load import array, check
 from jaxlm.hf.safetensors_stream import write_safetensors
 from jaxlm.hf.spec import Family, HFError, Rule
 from jaxlm.hf.tokenizer import require_tokenizer
+from jaxlm.runtime.hardware import resolve_auto
 
 WEIGHTS = "model.safetensors"
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -53,6 +54,7 @@ def model_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
                 for kp, x in leaves}
 
     rng, tokens = jax.random.PRNGKey(0), np.zeros((1, 8), np.int32)
+    model = resolve_auto(model)  # (shapes only; the model wants concrete settings)
     lm = MaskedLM(model) if model.is_encoder else DecoderLM(model)
     shapes = flat(jax.eval_shape(lambda r: nn.unbox(lm.init(r, tokens)["params"]), rng))
     head = SequenceClassificationHead(model, num_labels=2, pooler=True)

@@ -21,9 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.config import ModelConfig
+from jaxlm.config import ConfigError, ModelConfig
 from jaxlm.models.attention import MultiHeadAttention
-from jaxlm.models.layers import Mlp, norm, resolve_auto, sinusoidal
+from jaxlm.models.layers import Mlp, norm, sinusoidal
 
 REMAT_POLICIES = {
     "full": None,  # recompute everything in the backward pass
@@ -90,7 +90,12 @@ class Backbone(nn.Module):
         train: bool = False,
         decode: bool = False,
     ) -> jax.Array:
-        cfg = resolve_auto(self.cfg)  # dtype: auto → bf16 or f32 for this hardware
+        cfg = self.cfg
+        if "auto" in (cfg.dtype, cfg.attention):  # the machine decides: resolved at set-up
+            raise ConfigError(
+                f"model.dtype={cfg.dtype!r}, model.attention={cfg.attention!r}: 'auto' is "
+                "resolved for this machine before a model is built; pass "
+                "jaxlm.runtime.hardware.resolve_auto(cfg.model) (runs do this at set-up)")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.models.layers import dense, dtypes, norm, resolve_auto
+from jaxlm.models.layers import dense, dtypes, norm
 from jaxlm.models.matmul import contract
 
 Pooling = Literal["cls", "mean", "last"]
@@ -45,7 +45,7 @@ class LMHead(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, table: jax.Array | None,
                  project: bool = True) -> jax.Array:
-        cfg = resolve_auto(self.cfg)
+        cfg = self.cfg
         if cfg.tie_embeddings:
             w = table  # (V, D)
         else:
@@ -64,7 +64,7 @@ class MaskedLMHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, table: jax.Array) -> jax.Array:  # (B, L, D) → (B, L, V)
-        cfg = resolve_auto(self.cfg)
+        cfg = self.cfg
         x = dense(cfg.d_model, ("embed", "mlp"), use_bias=True, name="transform",
                   **dtypes(cfg))(h)  # (B, L, D)
         x = norm(cfg, "transform_norm")(nn.gelu(x, approximate=cfg.mlp == "gelu_tanh"))
@@ -99,7 +99,7 @@ class SequenceClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
-        cfg = resolve_auto(self.cfg)
+        cfg = self.cfg
         x = pool(h, mask, self.pooling)  # (B, D)
         if self.pooler:  # BERT's pooler: dense + tanh over the pooled token
             x = jnp.tanh(dense(cfg.d_model, ("embed", "mlp"), use_bias=True, name="pooler",
@@ -119,7 +119,7 @@ class TokenClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
-        cfg = resolve_auto(self.cfg)
+        cfg = self.cfg
         x = nn.Dropout(self.dropout)(h, deterministic=not train)
         logits = dense(self.num_labels, ("embed", None), use_bias=True, name="classifier",
                        **dtypes(cfg))(x)

@@ -9,9 +9,7 @@ it is the usual mixed-precision recipe.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -19,39 +17,6 @@ import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.models.matmul import contract
-
-
-@functools.cache
-def native_bf16() -> bool:
-    """Whether bf16 matmuls are faster than f32 on the default backend.
-
-    TPUs and GPUs: yes. CPUs: only with AMX or AVX512-BF16 (measured: on an AVX2-only CPU
-    XLA's bf16→f32 dot runs ~1.5x slower than f32; with AMX it is ~4x faster).
-    """
-    if jax.default_backend() != "cpu":
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_auto(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` with its ``auto`` settings made concrete for this machine: ``dtype`` (bf16
-    where matmuls are faster in it, else f32) and ``attention``: the fused cuDNN kernel on
-    NVIDIA GPUs in bf16/f16; on CPUs the written-out formula with its own backward (``xla``,
-    bf16 matmuls both ways: measured 1.15x the step rate of ``dot_product`` on the 5.3M
-    issue-13 model); elsewhere XLA's ``dot_product_attention``."""
-    update: dict[str, str] = {}
-    if cfg.dtype == "auto":
-        update["dtype"] = "bfloat16" if native_bf16() else "float32"
-    if cfg.attention == "auto":
-        half = update.get("dtype", cfg.dtype) == "bfloat16"
-        backend = jax.default_backend()
-        update["attention"] = ("cudnn" if backend == "gpu" and half
-                               else "xla" if backend == "cpu" else "dot_product")
-    return cfg.model_copy(update=update) if update else cfg
 
 
 def einsum_f32(spec: str, *operands: jax.Array) -> jax.Array:

@@ -17,7 +17,6 @@ import numpy as np
 
 from jaxlm.config import ModelConfig
 from jaxlm.models import DecoderLM
-from jaxlm.models.layers import resolve_auto
 from jaxlm.tasks.base import Batch, Sums, Task
 from jaxlm.tasks.fused_xent import chunk_length, lm_head_cross_entropy, token_sums
 
@@ -65,7 +64,7 @@ class CausalLM(Task):
         """The LM head and the loss fused over sequence chunks (:mod:`.fused_xent`): the
         (B, L, V) logits are never materialised."""
         h, w = self.apply(params, batch, rng, logits=False)  # (B, L, D), head weight
-        cfg = resolve_auto(self.cfg)
+        cfg = self.cfg
         return lm_head_cross_entropy(
             h, w, batch["targets"], batch["weights"], self.z_loss, cfg.dtype,
             cfg.tie_embeddings, chunk_length(*batch["targets"].shape, cfg.vocab_size))

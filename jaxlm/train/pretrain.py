@@ -19,11 +19,11 @@ from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import Config
 from jaxlm.data.pipeline import build_pipeline, check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
-from jaxlm.generate import Generator, Sampling
+from jaxlm.generate import DEFAULT, Generator
 from jaxlm.models import param_count
-from jaxlm.models.layers import resolve_auto
 from jaxlm.profiling import StepProfiler, peak_flops_per_device, throughput
 from jaxlm.runtime.distributed import start as start_process
+from jaxlm.runtime.hardware import resolve_config
 from jaxlm.runtime.runlock import RunLock
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import pretraining_task
@@ -66,6 +66,7 @@ def setup(cfg: Config, init: bool = True) -> Run:
     checkpoint never holds a freshly initialised copy of the state next to the restored one.
     """
     start_process(cfg)  # jax.distributed (several processes) and RUN_DIR/logs/process_N.log
+    cfg = resolve_config(cfg)  # model.dtype/attention=auto: for this machine, once
     t = cfg.train
     mesh = make_mesh(cfg)  # checks the mesh and batch against the device count
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -107,7 +108,6 @@ def evaluate(run: Run) -> dict[str, float] | None:
     return run.task.eval_metrics(totals)
 
 
-SAMPLE_SETTINGS = Sampling(temperature=0.8, top_k=40)  # the samples logged during training
 
 
 @dataclasses.dataclass
@@ -134,7 +134,7 @@ class Samples:
         """``prompt`` continued by up to ``n_tokens`` tokens of the current parameters."""
         generator = self._generator()
         generator.params = self.run.state.params
-        [completion] = generator.generate([prompt], n_tokens, SAMPLE_SETTINGS,
+        [completion] = generator.generate([prompt], n_tokens, DEFAULT,
                                           seed=self.run.cfg.train.seed)
         return prompt + completion.text
 
@@ -189,7 +189,7 @@ def _train(run: Run, source: Any) -> dict[str, Any]:
     writer = open_writer(run)
     write_config(run)
     run.log(f"jaxlm: {cfg.model.family} model, {param_count(cfg.model) / 1e6:.2f}M params, "
-            f"{resolve_auto(cfg.model).dtype} compute, mesh {dict(run.mesh.shape)} on "
+            f"{cfg.model.dtype} compute, mesh {dict(run.mesh.shape)} on "
             f"{jax.device_count()} {jax.devices()[0].platform} device(s), {t.steps} steps of "
             f"{t.global_batch}x{cfg.data.seq_len} tokens")
     ckpt.load_data_state(pipe, data_state)

@@ -35,7 +35,6 @@ from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import Config
 from jaxlm.errors import TrainingError
 from jaxlm.metrics import MetricsWriter, progress_postfix
-from jaxlm.models.layers import resolve_auto
 from jaxlm.profiling import StepProfiler, device_memory, memory_summary
 from jaxlm.runtime.preemption import PreemptionWatcher
 from jaxlm.sharding import Rules, activate
@@ -270,7 +269,7 @@ def remedies(run: Run) -> list[str]:
     tips = [f"lower {s.section}.lr (now {s.lr:.3g})"]
     if s.clip_norm is None:
         tips.append(f"set {s.section}.clip_norm=1.0")
-    if resolve_auto(run.cfg.model).dtype == "bfloat16":
+    if run.cfg.model.dtype == "bfloat16":
         tips.append("try model.dtype=float32")
     return tips + list(s.tips)
 
