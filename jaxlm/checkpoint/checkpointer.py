@@ -52,7 +52,7 @@ from jaxlm.checkpoint.compat import (
     mismatches,
     tokenizer_reference,
 )
-from jaxlm.checkpoint.integrity import verify, write_manifest
+from jaxlm.checkpoint.integrity import write_manifest
 from jaxlm.checkpoint.manager import (
     ITEMS,
     STATE_FIELDS,
@@ -65,6 +65,7 @@ from jaxlm.checkpoint.manager import (
     state_tree,
     sync,
 )
+from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import Config
 from jaxlm.errors import TrainingError
 from jaxlm.runtime import quiet
@@ -168,22 +169,23 @@ class Checkpointer:
         ``checkpoint.resume``, restored onto ``shardings`` (both ``TrainState``s); items the
         checkpoint lacks are None; ``(state, None, None)`` when starting afresh."""
         manager, steps, own = self._source()
+        reader = SavedRun(manager.directory, manager=manager)
         target = abstract_like(state_tree(state), state_tree(shardings))
         for i, step in enumerate(steps):
-            where = manager.directory / str(step)
-            problem = gather_json(verify(where) if jax.process_index() == 0 else None)[0]
+            where = reader.directory / str(step)
+            problem = gather_json(reader.check(step) if jax.process_index() == 0 else None)[0]
             if problem is not None:  # silently changed bytes: as unreadable as a broken file
                 self._skip(manager, step, steps[i + 1:], own, CheckpointError(problem))
                 continue
             try:
-                meta = manager.restore(step, args=ocp.args.Composite(
-                    config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
-                saved_tree = manager.item_metadata(step)["state"]
-                saved_tree = getattr(saved_tree, "tree", saved_tree)
+                saved_cfg, saved_tok = reader.config(step), reader.tokenizer(step)
+                if saved_cfg is None:
+                    raise CheckpointError("it has no config item")
+                saved_tree = reader.state_metadata(step)
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
                 self._skip(manager, step, steps[i + 1:], own, e)
                 continue
-            self._check_compatible(where, meta.config, meta.tokenizer)
+            self._check_compatible(where, saved_cfg, saved_tok)
             diffs = mismatches(saved_tree, target)
             if diffs:
                 raise CheckpointError(describe_mismatch(f"checkpoint {where}", diffs))

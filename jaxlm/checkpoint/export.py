@@ -20,57 +20,15 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from jaxlm.checkpoint.checkpointer import item_handlers
 from jaxlm.checkpoint.compat import CheckpointError, describe_mismatch, locate, mismatches
-from jaxlm.checkpoint.integrity import verify
+from jaxlm.checkpoint.reader import SavedRun, tokenizer_name
+from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.hf import is_hf_dir
+from jaxlm.hf.load import load_hf_params
 
 WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "bfloat16")
-
-
-def _latest(directory: Path, step: int | None) -> tuple[ocp.CheckpointManager, int]:
-    """A read-only manager whose ``state`` handler can restore a part of the tree, and the
-    step to read."""
-    manager = ocp.CheckpointManager(
-        directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                                                  save_interval_steps=0),
-        item_handlers=item_handlers(ocp.PyTreeCheckpointHandler()))
-    steps = manager.all_steps()
-    if step is None:
-        if not steps:
-            raise CheckpointError(f"no complete checkpoint in {directory}")
-        step = max(steps)
-    elif step not in steps:
-        raise CheckpointError(f"no complete checkpoint of step {step} in {directory}; "
-                              f"there are steps {sorted(steps)}")
-    return manager, step
-
-
-def _restore_params(manager: ocp.CheckpointManager, step: int, target: Any,
-                    subtree: str | None = None) -> Any:
-    """Only the ``params`` (or their ``subtree``) of a full checkpoint's ``state``; the
-    optimizer state stays on disk. The step's integrity manifest is checked first."""
-    problem = verify(manager.directory / str(step))
-    if problem is not None:
-        raise CheckpointError(f"checkpoint {manager.directory / str(step)} failed its integrity "
-                              f"check: {problem}")
-    saved = manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved).get("params")
-    if subtree is not None:
-        saved = saved.get(subtree) if isinstance(saved, dict) else None
-    diffs = mismatches(saved, target)
-    if diffs:
-        raise CheckpointError(describe_mismatch(f"checkpoint {manager.directory / str(step)}",
-                                                diffs))
-    item = target if subtree is None else {subtree: target}
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": item},
-        restore_args={"params": ocp.checkpoint_utils.construct_restore_args(item)},
-        partial_restore=True)))
-    params = restored.state["params"]
-    return params if subtree is None else params[subtree]
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -98,27 +56,28 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     directory, found = locate(path)
-    manager, step = _latest(directory, step if step is not None else found)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        held = ", ".join(sorted(p.name for p in out.iterdir())[:4]) if out.is_dir() else "a file"
-        raise CheckpointError(f"export directory {out} is not empty ({held}); pass --overwrite "
-                              "to replace its contents, or choose another directory")
-    saved = manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          saved["params"])
-    params = _restore_params(manager, step, target)
+    with SavedRun(directory) as run:
+        step = run.step(step if step is not None else found)
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            held = (", ".join(sorted(p.name for p in out.iterdir())[:4]) if out.is_dir()
+                    else "a file")
+            raise CheckpointError(f"export directory {out} is not empty ({held}); pass "
+                                  "--overwrite to replace its contents, or choose another "
+                                  "directory")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              run.param_metadata(step))
+        params = run.params(step, target)
+        config = run.config(step)
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
     flat = {k: np.asarray(v).astype(np_dtype) for k, v in _flat_arrays(params).items()}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{WEIGHTS}.tmp"
     save_file(flat, str(tmp), metadata={"format": "jaxlm", "step": str(step), "dtype": dtype})
     tmp.replace(out / WEIGHTS)
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    _copy_tokenizer(config.get("data", {}).get("tokenizer", "default"), out)
+    _copy_tokenizer(tokenizer_name(config), out)
     return out / WEIGHTS
 
 
@@ -133,7 +92,6 @@ def _flat_arrays(tree: Any) -> dict[str, Any]:
 
 def _copy_tokenizer(spec: str, out: Path) -> None:
     """Save the run's tokenizer next to the weights, so the export stands alone."""
-    from jaxlm.data.tokenizer import load_tokenizer
 
     try:
         load_tokenizer(spec).save(str(out / "tokenizer.json"))
@@ -171,7 +129,6 @@ def _place(source: Any, like: jax.ShapeDtypeStruct) -> jax.Array:
 
 def is_export(path: str | Path) -> bool:
     """A jaxlm export (a Hugging Face directory also holds a model.safetensors: not one)."""
-    from jaxlm.hf import is_hf_dir
 
     p = Path(path)
     return p.suffix == ".safetensors" or ((p / WEIGHTS).is_file() and not is_hf_dir(p))
@@ -191,14 +148,13 @@ def load_params(path: str | Path, abstract_params: Any, step: int | None = None,
     Fine-tuning and generation load their starting weights with this. A Hugging Face model
     directory is read too, translated tensor by tensor (:mod:`jaxlm.hf`).
     """
-    from jaxlm.hf import is_hf_dir
 
     if is_hf_dir(path):
-        from jaxlm.hf.load import load_hf_params
 
         return load_hf_params(path, abstract_params, subtree)
     if is_export(path):
         return _load_export(Path(path), abstract_params, subtree)
     directory, found = locate(path)
-    manager, step = _latest(directory, step if step is not None else found)
-    return _restore_params(manager, step, abstract_params, subtree)
+    with SavedRun(directory) as run:
+        return run.params(run.step(step if step is not None else found), abstract_params,
+                          subtree)

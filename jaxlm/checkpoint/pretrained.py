@@ -16,7 +16,11 @@ from typing import Any
 
 from jaxlm.checkpoint.compat import RUNTIME_MODEL_FIELDS, CheckpointError, flat_shapes, locate
 from jaxlm.checkpoint.export import WEIGHTS, is_export
+from jaxlm.checkpoint.reader import SavedRun, tokenizer_name
 from jaxlm.config import Config, ModelConfig
+from jaxlm.hf import hf_model_config, is_hf_dir, read_config
+from jaxlm.hf.checkpoint import run_config
+from jaxlm.hf.load import hf_shapes
 
 ARCH_EXEMPT = RUNTIME_MODEL_FIELDS  # model.* settings a run may change from its source's
 HARDWARE_FIELDS = ("dtype", "attention")  # the machine's choice: always the new run's own
@@ -39,27 +43,8 @@ class Pretrained:
         return f"{self.path}{what}" + (f" (step {self.step})" if self.step is not None else "")
 
 
-def _checkpoint_config(directory: Path, step: int | None,
-                       setting: str) -> tuple[int, dict[str, Any]]:
-    import orbax.checkpoint as ocp
-
-    from jaxlm.checkpoint.checkpointer import open_manager
-
-    manager = open_manager(directory)
-    steps = manager.all_steps()
-    if not steps or (step is not None and step not in steps):
-        raise CheckpointError(f"{setting}: no complete checkpoint"
-                              f"{'' if step is None else f' of step {step}'} in {directory}")
-    step = max(steps) if step is None else step
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    manager.close()
-    return step, config
-
-
 def hf_source(path: Path) -> Pretrained:
     """A Hugging Face model directory as a source: its config translated, its tokenizer."""
-    from jaxlm.hf import hf_model_config, read_config
-    from jaxlm.hf.checkpoint import run_config
 
     config = run_config(hf_model_config(read_config(path)), str(path))
     return Pretrained("hf", path, None, config, str(path))
@@ -71,7 +56,6 @@ def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "",
     does not exist, ``hint`` goes before the list of what the setting accepts, ``more`` after
     it. ``step`` picks a checkpoint of a run (default: the latest, or the step directory
     given)."""
-    from jaxlm.hf import is_hf_dir
 
     path = Path(spec)
     accepted = "a run, checkpoint, `jaxlm export` or Hugging Face model directory"
@@ -90,8 +74,7 @@ def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "",
             raise CheckpointError(f"{setting}={spec}: the export has no config.json")
         config = json.loads(config_file.read_text())
         tok = directory / "tokenizer.json"
-        tokenizer = str(tok) if tok.is_file() else config.get("data", {}).get("tokenizer",
-                                                                              "default")
+        tokenizer = str(tok) if tok.is_file() else tokenizer_name(config)
         return Pretrained("export", directory, None, config, tokenizer)
     try:
         directory, named = locate(path)
@@ -103,11 +86,10 @@ def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "",
     if step is not None and named is not None and named != step:
         raise CheckpointError(f"--step {step} differs from the step directory {spec} (step "
                               f"{named}); give the run directory with --step, or the step alone")
-    step, config = _checkpoint_config(directory, named if step is None else step, setting)
-    # A fine-tuning run records its tokenizer under finetune (its data.* is not its own).
-    tokenizer = ((config.get("finetune") or {}).get("tokenizer")
-                 or config.get("data", {}).get("tokenizer", "default"))
-    return Pretrained("checkpoint", directory, step, config, tokenizer)
+    with SavedRun(directory) as run:
+        step = run.step(named if step is None else step, setting)
+        config = run.config(step)
+    return Pretrained("checkpoint", directory, step, config, tokenizer_name(config))
 
 
 def pretrained_model_config(source: Pretrained, cfg: Config, setting: str) -> ModelConfig:
@@ -138,7 +120,6 @@ def saved_shapes(source: Pretrained) -> dict[str, tuple[int, ...]]:
     """Every saved parameter's path and shape (metadata only); for a Hugging Face
     directory, tensors jaxlm has no place for are listed under their HF names."""
     if source.kind == "hf":
-        from jaxlm.hf.load import hf_shapes
 
         return hf_shapes(source.path)
     if source.kind == "export":
@@ -146,9 +127,6 @@ def saved_shapes(source: Pretrained) -> dict[str, tuple[int, ...]]:
 
         with safe_open(str(source.path / WEIGHTS), "np") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    from jaxlm.checkpoint.checkpointer import open_manager
 
-    manager = open_manager(source.path)
-    meta = manager.item_metadata(source.step)["state"]
-    manager.close()
-    return flat_shapes(getattr(meta, "tree", meta).get("params"))
+    with SavedRun(source.path) as run:
+        return flat_shapes(run.param_metadata(source.step))

@@ -35,6 +35,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from jaxlm.errors import UserError
+from jaxlm.hf.tokenizer import hf_tokenizer
 
 __all__ = [
     "BOS_TOKEN",
@@ -264,7 +265,6 @@ def load_tokenizer(spec: str) -> Tokenizer:
             ) from e
     path = Path(os.path.expanduser(os.fspath(spec)))
     if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
-        from jaxlm.hf.tokenizer import hf_tokenizer  # a Hugging Face model's vocab files
 
         tok = hf_tokenizer(path)
         if tok is not None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.config import LabeledDataConfig
+from jaxlm.config import LabeledDataConfig, SourceConfig
 from jaxlm.data.errors import DataError
 from jaxlm.data.hub import load_hub
 from jaxlm.data.loading import detect_format, one_line, read_error
@@ -72,7 +72,6 @@ def _find_in_dir(directory: str, split: str) -> list[str]:
 def _read_local(files: list[str], fmt: str) -> Any:
     import datasets
 
-    from jaxlm.config import SourceConfig
 
     builder = detect_format(SourceConfig(path=files, format=fmt), files)
     if builder == "text":

@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxlm.checkpoint.checkpointer import abstract_like, open_manager
 from jaxlm.checkpoint.compat import CheckpointError
 from jaxlm.checkpoint.export import load_params
+from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import from_dict
 from jaxlm.data.errors import DataError
 from jaxlm.data.inputs import read_lines
@@ -32,8 +31,7 @@ from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Classification
 from jaxlm.tasks.classification import format_report
-from jaxlm.train.optim import make_optimizer
-from jaxlm.train.state import state_shardings
+from jaxlm.train.state import abstract_params
 from jaxlm.train.step import make_eval_step, make_predict_step
 from jaxlm.train.trainer import evaluate
 
@@ -47,22 +45,21 @@ def _best_step(run_dir: Path, cfg: Any) -> int:
     """The best checkpoint of the run, as Orbax tracked it by ``finetune.eval_metric``
     (runs saved before the ``progress`` item: the best step their data item recorded); the
     latest when no epoch has ended yet."""
-    import orbax.checkpoint as ocp
-
     metric = cfg.finetune.eval_metric
     directory = run_dir / "checkpoints"
-    manager = (open_manager(directory, best=(metric, HIGHER_IS_BETTER[metric]))
-               if directory.is_dir() else None)
-    steps = manager.all_steps() if manager else []
+    if not directory.is_dir():
+        steps: list[int] = []
+    else:
+        run = SavedRun(directory, best=(metric, HIGHER_IS_BETTER[metric]))
+        steps = run.steps()
     if not steps:
         raise CheckpointError(f"{run_dir} has no complete checkpoint yet; run `jaxlm finetune` "
                               "to the end of an epoch first")
-    best = manager.best_step()
-    if not (directory / str(max(steps)) / "progress").is_dir():  # an older run
-        best = manager.restore(max(steps), args=ocp.args.Composite(
-            data=ocp.args.JsonRestore())).data["states"][0].get("best_step")
-    manager.close()
-    return best if best in steps else max(steps)
+    with run:
+        best = run.best_step()
+        if run.json_item(steps[-1], "progress") is None:  # an older run
+            best = run.json_item(steps[-1], "data")["states"][0].get("best_step")
+    return best if best in steps else steps[-1]
 
 
 class Predictor:
@@ -84,12 +81,10 @@ class Predictor:
         })
         self.mesh = make_mesh(mcfg)
         rules = logical_rules(mcfg.mesh)
-        shardings = state_shardings(self.task, make_optimizer(cfg.train), self.mesh, rules)
-        abstract = jax.eval_shape(lambda r: nn.unbox(self.task.init(r)), jax.random.PRNGKey(0))
+        target = abstract_params(self.task, self.mesh, rules)  # on that mesh, not allocated
         self.step = step if step is not None else _best_step(run_dir, cfg)
-        self.params = load_params(run_dir / "checkpoints", abstract_like(abstract,
-                                                                           shardings.params),
-                                  step=self.step)
+        self.params = load_params(run_dir / "checkpoints", target, step=self.step)
+        shardings = jax.tree.map(lambda x: x.sharding, target)
         self.sharding = batch_sharding(self.mesh, rules)
         self._predict = make_predict_step(self.task, shardings, self.sharding, self.mesh, rules)
         self._eval = make_eval_step(self.task, shardings, self.sharding, self.mesh, rules)

@@ -116,7 +116,7 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
     bs = batch_sharding(mesh, rules)
     step_fn = make_train_step(task, tx, schedule, spike_factor=cfg.train.spike_factor)
     train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
-    eval_step = make_eval_step(task, shardings, bs, mesh, rules)
+    eval_step = make_eval_step(task, shardings.params, bs, mesh, rules)
     run = Run(cfg, settings(f, total), mesh, rules, task, tx, schedule, state, shardings, bs,
               train_step, eval_step, tokenizer)
     return run, Labeled(source, names, splits, raw.origin, buckets(max_len))

@@ -19,20 +19,19 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxlm.checkpoint.checkpointer import abstract_like
 from jaxlm.checkpoint.export import load_params
 from jaxlm.checkpoint.pretrained import resolve_pretrained
 from jaxlm.config import Config, ConfigError, MeshConfig, ModelConfig, from_dict
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
 from jaxlm.generate.sampling import GenerationError
-from jaxlm.models import DecoderLM
 from jaxlm.runtime.hardware import resolve_auto
-from jaxlm.sharding import Rules, logical_rules, logical_to_sharding, make_mesh
+from jaxlm.sharding import Rules, logical_rules, make_mesh
+from jaxlm.tasks import CausalLM
+from jaxlm.train.state import abstract_params
 
 KINDS = ("a jaxlm run directory, a checkpoint step directory, a `jaxlm export` directory or a "
          "Hugging Face model directory")
@@ -62,10 +61,7 @@ def check_can_generate(cfg: ModelConfig) -> None:
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules) -> Any:
     """The decoder LM's parameters as ShapeDtypeStructs with their shardings on ``mesh``
     (nothing is allocated): the target to load or place parameters into."""
-    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    boxed = jax.eval_shape(DecoderLM(cfg).init, jax.random.PRNGKey(0), tokens)["params"]
-    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    return abstract_like(nn.unbox(boxed), shardings)
+    return abstract_params(CausalLM(cfg), mesh, rules)
 
 
 def place_params(cfg: ModelConfig, params: Any, mesh: Mesh, rules: Rules) -> Any:

@@ -27,12 +27,17 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from jaxlm.checkpoint.compat import CheckpointError, locate
+from jaxlm.checkpoint.export import export, is_export
 from jaxlm.config import ModelConfig
+from jaxlm.data.tokenizer import load_tokenizer, special_ids
 from jaxlm.hf.checkpoint import BY_NAME, HFCheckpoint, is_hf_dir, read_config, run_config
 from jaxlm.hf.load import array, check
 from jaxlm.hf.safetensors_stream import write_safetensors
 from jaxlm.hf.spec import Family, HFError, Rule
 from jaxlm.hf.tokenizer import require_tokenizer
+from jaxlm.models import DecoderLM, MaskedLM
+from jaxlm.models.heads import SequenceClassificationHead
 from jaxlm.runtime.hardware import resolve_auto
 
 WEIGHTS = "model.safetensors"
@@ -45,8 +50,6 @@ def model_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     masked LM) and of a BERT-style pooler (``head/pooler``), from abstract evaluation."""
     import flax.linen as nn
 
-    from jaxlm.models import DecoderLM, MaskedLM
-    from jaxlm.models.heads import SequenceClassificationHead
 
     def flat(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -109,7 +112,6 @@ def _check_representable(family: Family, model: ModelConfig) -> None:
 
 def _special_token_ids(tokenizer: Any, model: ModelConfig) -> dict[str, int]:
     """The pad (and, for decoders, begin/end of text) ids HF's config.json records."""
-    from jaxlm.data.tokenizer import special_ids
 
     ids = special_ids(tokenizer)
     found = {"pad_token_id": ids.pad}
@@ -120,7 +122,6 @@ def _special_token_ids(tokenizer: Any, model: ModelConfig) -> dict[str, int]:
 
 def _export_dir(src: Path, tmp: str) -> Path:
     """``src`` if it is a jaxlm export, else its latest checkpoint exported into ``tmp``."""
-    from jaxlm.checkpoint.export import export, is_export
 
     if is_export(src):
         return src if src.is_dir() else src.parent
@@ -151,7 +152,6 @@ def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "float32",
     """Convert a jaxlm export (or run directory) into an HF model directory."""
     from safetensors import safe_open
 
-    from jaxlm.data.tokenizer import load_tokenizer
 
     src, out = Path(src), Path(out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,8 +188,6 @@ def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "float32",
 
 def detect(src: str | Path) -> str:
     """``"jaxlm"`` (the direction) for an HF directory, ``"hf"`` for a jaxlm export or run."""
-    from jaxlm.checkpoint.compat import CheckpointError, locate
-    from jaxlm.checkpoint.export import is_export
 
     p = Path(src)
     if not p.exists():

@@ -78,7 +78,7 @@ def setup(cfg: Config, init: bool = True) -> Run:
     bs = batch_sharding(mesh, rules)
     step_fn = make_train_step(task, tx, schedule, t.grad_accum, t.spike_factor)
     train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
-    eval_step = make_eval_step(task, shardings, bs, mesh, rules)
+    eval_step = make_eval_step(task, shardings.params, bs, mesh, rules)
     return Run(cfg, settings(cfg), mesh, rules, task, tx, schedule, state, shardings, bs,
                train_step, eval_step, tokenizer)
 

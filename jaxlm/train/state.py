@@ -41,6 +41,15 @@ def param_shardings(task: Task, mesh: Mesh, rules: Rules) -> Any:
     return logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
 
 
+def abstract_params(task: Task, mesh: Mesh, rules: Rules) -> Any:
+    """The task's parameters as ShapeDtypeStructs sharded on ``mesh`` (nothing allocated):
+    the target to load parameters into."""
+    boxed = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        nn.unbox(boxed), shardings)
+
+
 def state_shardings(
     task: Task, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules
 ) -> TrainState:

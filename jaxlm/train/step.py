@@ -124,17 +124,17 @@ def _jit_on_params(fn: Callable, param_shardings: Any, batch_sharding: NamedShar
 
 
 def make_eval_step(
-    task: Task, shardings: TrainState, batch_sharding: NamedSharding, mesh: Mesh, rules: Rules
+    task: Task, param_shardings: Any, batch_sharding: NamedSharding, mesh: Mesh, rules: Rules
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """Jitted eval: params, batch → the task's loss sums (add them up, then
-    ``task.eval_metrics``)."""
-    return _jit_on_params(lambda p, b: task.loss_sums(p, b)[1], shardings.params,
+    """Jitted eval: params (sharded as ``param_shardings``), batch → the task's loss sums
+    (add them up, then ``task.eval_metrics``)."""
+    return _jit_on_params(lambda p, b: task.loss_sums(p, b)[1], param_shardings,
                           batch_sharding, mesh, rules, replicated(mesh))
 
 
 def make_predict_step(
-    task: Any, shardings: TrainState, batch_sharding: NamedSharding, mesh: Mesh, rules: Rules
+    task: Any, param_shardings: Any, batch_sharding: NamedSharding, mesh: Mesh, rules: Rules
 ) -> Callable[[Any, Batch], jax.Array]:
     """Jitted ``task.predict`` (probabilities per row), gathered to every process."""
-    return _jit_on_params(task.predict, shardings.params, batch_sharding, mesh, rules,
+    return _jit_on_params(task.predict, param_shardings, batch_sharding, mesh, rules,
                           replicated(mesh))
