@@ -188,6 +188,7 @@ def test_finetuning_leaves_train_and_data_settings_alone(backbone, data, tmp_pat
     assert saved["finetune"]["tokenizer"] == resolve_backbone(load_config(
         None, [f"finetune.backbone={backbone}"])).tokenizer  # the backbone's, resolved
     assert saved["finetune"]["max_length"] == 32 and saved["finetune"]["b2"] == 0.99
+    assert "auto" not in (saved["model"]["dtype"], saved["model"]["attention"])  # resolved
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     last = tmp_path / "checkpoints" / str(steps[-1])
     assert (last / "progress").is_dir() and not (last / "data").exists()

@@ -10,7 +10,7 @@ import pytest
 from test_matmul import dot_generals
 
 import jaxlm.models.attention as attention_mod
-from jaxlm.config import ModelConfig
+from jaxlm.config import ConfigError, ModelConfig
 from jaxlm.models import DecoderLM, MultiHeadAttention, flops_per_token, param_count
 from jaxlm.models.attention import attention_mask
 from jaxlm.runtime.hardware import resolve_auto
@@ -166,3 +166,14 @@ def test_flops_per_token_by_hand():
     # model forward: 2 * 131072 + head 2*64*1000 = 390144; training = 3x
     assert flops_per_token(cfg, 128) == 3 * 390144
     assert flops_per_token(cfg, 128, training=False) == 390144
+
+
+def test_auto_settings_are_resolved_before_a_model_is_built():
+    asked = ModelConfig(d_model=32, n_layers=1, n_heads=4, vocab_size=97, max_seq_len=16)
+    assert "auto" in (asked.dtype, asked.attention)
+    with pytest.raises(ConfigError, match="resolve_auto"):
+        DecoderLM(asked).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+    resolved = resolve_auto(asked)
+    assert resolved.dtype in ("float32", "bfloat16") and resolved.attention == "xla"  # CPU
+    assert resolve_auto(resolved) is resolved  # nothing left to decide
+    DecoderLM(resolved).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))

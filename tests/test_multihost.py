@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import jax
 import pytest
 
+from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import ConfigError, DistributedConfig, load_config
 from jaxlm.runtime import distributed
 from jaxlm.runtime.distributed import DistributedError, detect_cluster, plan
@@ -194,3 +195,26 @@ def test_failed_process_of_a_multi_process_run_exits_at_once(tmp_path):
     assert proc.returncode == 3
     assert "still running" in proc.stdout and "not reached" not in proc.stdout
     assert "atexit ran" not in proc.stdout
+
+
+def test_a_save_that_fails_in_a_collective_names_the_lost_process(tmp_path, monkeypatch):
+    """A peer killed during an async save fails the save's gloo all-gather: the error says a
+    process probably died (not "free disk space"), and one process alone keeps the disk hint."""
+    class Manager:
+        def reload(self) -> None:
+            pass
+
+        def all_steps(self) -> list[int]:
+            return [5]
+
+    ckpt = Checkpointer.__new__(Checkpointer)  # only what _failed reads
+    ckpt.manager, ckpt._in_flight, ckpt.directory = Manager(), 10, tmp_path / "checkpoints"
+    err = RuntimeError("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error "
+                       "[127.0.0.1]:34197: Connection reset by peer")
+    monkeypatch.setattr(distributed, "_info", distributed.ProcessInfo(0, 2, "test"))
+    text = str(ckpt._failed(10, err))
+    assert "could not write checkpoint step 10" in text and "latest complete: step 5" in text
+    assert "has probably died" in text and "free disk space" not in text
+    monkeypatch.setattr(distributed, "_info", None)
+    text = str(ckpt._failed(10, OSError("No space left on device")))
+    assert "free disk space" in text and "has probably died" not in text

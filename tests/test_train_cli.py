@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jaxlm.config import ModelConfig
+from jaxlm.runtime.hardware import resolve_auto
+
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
 
@@ -39,7 +42,10 @@ def test_tiny_pretraining_loss_falls(tmp_path):
     assert 1 < result["perplexity"] < 4096
     out = proc.stdout + proc.stderr
     assert "held-out loss" in out and "sample:" in out
-    assert (tmp_path / "config.json").exists()
+    # tiny.yaml leaves dtype/attention to `auto`: resolved once for this machine, recorded
+    model = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert model["dtype"] == resolve_auto(ModelConfig()).dtype != "auto"
+    assert model["attention"] == "xla"  # the CPU's choice
 
 
 def test_sharded_cli_run_on_fake_devices(tmp_path):

@@ -69,6 +69,7 @@ from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import Config
 from jaxlm.errors import TrainingError
 from jaxlm.runtime import quiet
+from jaxlm.runtime.distributed import PEER_LOST, lost_peer
 from jaxlm.runtime.process_log import log_only
 from jaxlm.runtime.rundir import reason
 
@@ -351,9 +352,12 @@ class Checkpointer:
         latest = max(steps, default=None)
         kept = (f"checkpoints already written are intact (latest complete: step {latest})"
                 if latest is not None else "no complete checkpoint exists yet")
+        # a peer that died mid-save fails the save's collectives: no disk to free then
+        remedy = (PEER_LOST if lost_peer(err)
+                  else "free disk space or fix permissions, then rerun to resume")
         return TrainingError(
             f"could not write checkpoint step {step} to {self.directory}: {reason(err)}; "
-            f"{kept}; free disk space or fix permissions, then rerun to resume")
+            f"{kept}; {remedy}")
 
     def discard_from(self, first: int) -> list[int]:
         """Move this run's checkpoints of step >= ``first`` to ``checkpoints_diverged/`` (a

@@ -301,16 +301,23 @@ _PEER_SIGNS = ("gloo", "nccl", "coordination service", "connection reset", "sock
                "deadline_exceeded", "unavailable", "barrier")
 
 
+PEER_LOST = ("a collective or coordination call with the other processes failed, so another "
+             "process has probably died or hung (see its log in RUN_DIR/logs/); relaunch the "
+             "same command to resume from the last checkpoint")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a failed collective or coordination call of a multi-process run:
+    the sign that another process died or hung, not that this one went wrong."""
+    return info().multi and any(sign in str(err).lower() for sign in _PEER_SIGNS)
+
+
 def describe_failure(err: BaseException) -> str:
     """One line for an uncaught exception in a multi-process run, naming the likely cause
     when it is a failed collective or coordination call (another process died or hung)."""
     me = info()
     what = f"process {me.index} of {me.count} failed: {type(err).__name__}: {_first_line(str(err))}"
-    if any(sign in str(err).lower() for sign in _PEER_SIGNS):
-        what += ("; a collective or coordination call with the other processes failed, so "
-                 "another process has probably died or hung (see its log in RUN_DIR/logs/); "
-                 "relaunch the same command to resume from the last checkpoint")
-    return what
+    return f"{what}; {PEER_LOST}" if lost_peer(err) else what
 
 
 def info() -> ProcessInfo:
