@@ -9,7 +9,13 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# One measured CPU peak (jaxlm.profiling) for the whole session, shared with subprocesses.
+# One measured CPU peak (jaxlm.profiling) for the whole test run, shared with subprocesses and,
+# under pytest-xdist, with every worker of the run (they share PYTEST_XDIST_TESTRUNUID).
+_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _run_id:
+    _shared = os.path.join(tempfile.gettempdir(), f"jaxlm-cache-{_run_id}")
+    os.makedirs(_shared, exist_ok=True)
+    os.environ.setdefault("JAXLM_CACHE", _shared)
 os.environ.setdefault("JAXLM_CACHE", tempfile.mkdtemp(prefix="jaxlm-cache-"))
 # One persistent XLA compilation cache for the whole session, shared with subprocesses (the CLI
 # tests compile the same tiny models again and again; a warm hit skips most of a compile).

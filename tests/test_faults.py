@@ -31,6 +31,7 @@ def largest_array_file(step_dir: Path) -> Path:
     return max(files, key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_bytes_are_caught_and_the_previous_one_used(tmp_path, capsys):
     run = tmp_path / "run"
     assert train(run, "train.steps=4", "checkpoint.every=2", "checkpoint.keep=3") == 0

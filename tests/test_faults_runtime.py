@@ -211,6 +211,7 @@ def test_a_run_dir_under_a_regular_file_is_one_line(tmp_path):
     assert afile.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_read_only_run_dir_is_one_line_and_stays_as_it_was(tmp_path, tmpfs):
     if tmpfs is None and os.geteuid() == 0:
         pytest.skip("cannot mount a read-only filesystem here, and root ignores permissions")
@@ -289,6 +290,7 @@ def _simulated_full_disk(tmp_path, monkeypatch, capsys) -> None:
     assert tree_digest(run / "checkpoints" / "2") == step_2
 
 
+@pytest.mark.slow
 def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2

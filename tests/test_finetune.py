@@ -97,6 +97,7 @@ def losses_on_mesh(backbone, data, tmp_path, mesh):
     return losses
 
 
+@pytest.mark.slow
 def test_sharded_finetuning_matches_single_device(backbone, data, tmp_path):
     single = losses_on_mesh(backbone, data, tmp_path / "a", (1, 1, 1))
     sharded = losses_on_mesh(backbone, data, tmp_path / "b", (2, 2, 2))

@@ -91,6 +91,7 @@ for overrides in [[], ["model.family=llama", "model.n_kv_heads=2"],
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [1, 8])
 def test_bf16_train_steps_compile_and_run(devices):
     """Every bf16 matmul of the step must reach a kernel that takes bf16 — XLA:CPU has none

@@ -26,6 +26,7 @@ def test_plan_reports_memory_flops_and_step_time(capsys):
     assert "fits:" in out
 
 
+@pytest.mark.slow
 def test_plan_proposes_the_smallest_change_that_fits(capsys):
     assert main(["plan", TINY, "--devices", "8", "--device-kind", "TPU v5e",
                  "--hbm-gib", "0.0001"]) == 0

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jaxlm.config import ModelConfig
 from jaxlm.runtime.hardware import resolve_auto
 
@@ -48,6 +50,7 @@ def test_tiny_pretraining_loss_falls(tmp_path):
     assert model["attention"] == "xla"  # the CPU's choice
 
 
+@pytest.mark.slow
 def test_sharded_cli_run_on_fake_devices(tmp_path):
     proc = jaxlm(
         "train",
@@ -65,6 +68,7 @@ def test_sharded_cli_run_on_fake_devices(tmp_path):
     assert "'data': 2, 'fsdp': 2, 'tensor': 2" in proc.stdout
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     proc = jaxlm(
         "train",
@@ -84,6 +88,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_bert_masked_lm_pretraining_loss_falls(tmp_path):
     """`jaxlm train model.family=bert data.mode=mlm`: the encoder learns the masked-LM task."""
     proc = jaxlm("train", TINY, "model.family=bert", "data.mode=mlm", "train.steps=30",
