@@ -3,7 +3,7 @@
     jaxlm train [CONFIG.yaml] [section.key=value ...]   pretrain (defaults: embedded corpus)
     jaxlm finetune [CONFIG.yaml] [key=value ...]        a backbone + fresh head on labeled data
     jaxlm predict RUN_DIR "text" ... [--file F] [--json] [--step N]   label texts (fine-tuned run)
-    jaxlm evaluate RUN_DIR --data FILE [--json] [--step N]   metrics of a fine-tuned run on a file
+    jaxlm evaluate RUN_DIR --file FILE [--json] [--step N]   metrics of a fine-tuned run on a file
     jaxlm plan CONFIG [key=value ...] --devices N --device-kind KIND --hbm-gib G   will it fit
     jaxlm generate SOURCE "prompt" ... [--max-new-tokens N] [--temperature T] [--top-k K]
                    [--top-p P] [--seed S] [--stop STR] [--file F] [--json] [--step N]
@@ -110,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from jaxlm.finetune.predict import Predictor
 
     predictor = Predictor.load(args.run_dir, step=args.step)
-    metrics, report = predictor.evaluate_file(args.data, batch_size=args.batch_size)
+    metrics, report = predictor.evaluate_file(args.file, batch_size=args.batch_size)
     print(json.dumps(metrics) if args.json else report)
     return 0
 
@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
             pr.add_argument("--file", help="a text file, one text per line ('-' = stdin)")
             _json_flag(pr, "one JSON object per text: label, probability, all scores")
         else:
-            pr.add_argument("--data", required=True,
+            # --file, as predict and generate read theirs; --data, its first name, still works
+            pr.add_argument("--file", "--data", dest="file", required=True,
                             help="labeled csv/jsonl/parquet with the run's text and label columns")
             _json_flag(pr, "print the metrics as JSON")
         pr.add_argument("--step", type=int, default=None,

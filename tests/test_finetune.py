@@ -122,8 +122,10 @@ def test_predict_probabilities_sum_to_one_and_match_eval(backbone, data, tmp_pat
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [row["text"] for row in lines] == ["apple pie", "zebra crossing"]
     assert all(abs(sum(row["scores"].values()) - 1) < 1e-4 for row in lines)
-    assert main(["evaluate", str(tmp_path), "--data", str(data / "test.jsonl"), "--json"]) == 0
+    assert main(["evaluate", str(tmp_path), "--file", str(data / "test.jsonl"), "--json"]) == 0
     assert "macro_f1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["evaluate", str(tmp_path), "--data", str(data / "test.jsonl"), "--json"]) == 0
+    assert "macro_f1" in capsys.readouterr().out  # --data, the old name, still works
 
 
 @pytest.mark.parametrize("problem,extra", [

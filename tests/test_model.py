@@ -177,3 +177,25 @@ def test_auto_settings_are_resolved_before_a_model_is_built():
     assert resolved.dtype in ("float32", "bfloat16") and resolved.attention == "xla"  # CPU
     assert resolve_auto(resolved) is resolved  # nothing left to decide
     DecoderLM(resolved).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_scaled_residual_init_shrinks_only_the_residual_projections(family):
+    """``model.residual_init=scaled``: attention out and MLP down are drawn with
+    0.02/sqrt(2 n_layers) (GPT-2/nanoGPT); every other projection keeps 0.02, as does plain."""
+    cfg = tiny(family=family, d_model=64, n_layers=4, d_ff=256)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    stds = {}
+    for mode in ("plain", "scaled"):
+        params = Jitted(cfg.model_copy(update={"residual_init": mode})).init(
+            jax.random.PRNGKey(0), tokens)["params"]
+        flat = jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]
+        stds[mode] = {jax.tree_util.keystr(p): float(jnp.std(v)) for p, v in flat
+                      if p[-1].key == "kernel"}
+    residual = [k for k in stds["plain"] if "'out'" in k or "'proj'" in k]
+    assert len(residual) == 2 * cfg.n_layers
+    scaled = 0.02 / np.sqrt(2 * cfg.n_layers)
+    for key, std in stds["scaled"].items():
+        expected = scaled if key in residual else 0.02
+        assert std == pytest.approx(expected, rel=0.1), key
+        assert stds["plain"][key] == pytest.approx(0.02, rel=0.1), key

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -11,7 +12,7 @@ from jaxlm.models import param_count
 from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import activate, batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import CausalLM
-from jaxlm.train.optim import lr_schedule, make_optimizer
+from jaxlm.train.optim import decay_mask, lr_schedule, make_optimizer
 from jaxlm.train.state import create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_train_step
 
@@ -40,3 +41,21 @@ def test_preset_train_step_lowers_on_8_devices(path):
     with activate(mesh, rules):
         lowered = step.jitted.lower(state, batch)
     assert "loss" in lowered.out_info[1]
+
+
+def test_weight_decay_skips_parameters_by_name_or_by_rank():
+    """The default mask skips norms and biases by module/leaf name; ``vectors`` skips every
+    parameter of rank < 2 whatever its name (nanoGPT's rule), so embeddings still decay."""
+    cfg = load_config(None, ["model.n_layers=1"])
+    task = CausalLM(resolve_auto(cfg.model))
+    params = nn.unbox(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for exclude in (["norms", "biases"], ["vectors"]):
+        mask = dict(jax.tree_util.tree_flatten_with_path(decay_mask(params, exclude))[0])
+        for path, leaf in flat:
+            name = jax.tree_util.keystr(path)
+            if exclude == ["vectors"]:
+                assert mask[path] == (len(leaf.shape) >= 2), name
+            else:
+                assert mask[path] == ("norm" not in name and "bias" not in name), name
+        assert any(mask[p] for p, _ in flat if "wte" in jax.tree_util.keystr(p))

@@ -93,6 +93,10 @@ class ModelConfig(Section):
         "matmuls (TPU, GPU, CPUs with AMX/AVX512-BF16), else float32",
     )
     param_dtype: Literal["float32", "bfloat16"] = "float32"
+    residual_init: Literal["plain", "scaled"] = Field(
+        "plain", description="plain: every projection drawn with std 0.02; scaled: the two "
+        "that write into the residual stream (attention out, MLP down) with 0.02/sqrt(2 * "
+        "n_layers), as GPT-2 and nanoGPT (measured in BENCHMARKS.md)")
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = False
     init_from: str | None = Field(
@@ -222,8 +226,10 @@ class TrainConfig(OptimizerSettings):
     grad_accum: int = Field(1, gt=0, description="microbatches per step (lax.scan)")
     warmup_steps: int = Field(30, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    decay_exclude: list[Literal["norms", "biases", "embeddings"]] = Field(
-        default_factory=lambda: ["norms", "biases"]
+    decay_exclude: list[Literal["norms", "biases", "embeddings", "vectors"]] = Field(
+        default_factory=lambda: ["norms", "biases"],
+        description="no weight decay for: norms (modules named *norm*), biases, embeddings "
+        "(wte, wpe), vectors (every parameter of rank < 2: nanoGPT's rule, by shape not name)",
     )
     z_loss: float = Field(0.0, ge=0.0)
     spike_factor: float | None = Field(

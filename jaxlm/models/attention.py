@@ -147,6 +147,7 @@ class MultiHeadAttention(nn.Module):
     impl: Impl = "xla"
     rope_theta: float | None = None
     use_bias: bool = False
+    out_init_std: float = 0.02  # the output projection's (it writes into the residual stream)
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -189,9 +190,8 @@ class MultiHeadAttention(nn.Module):
             mask = attention_mask(q.shape[1], k.shape[1], self.causal, segment_ids)
         out = dot_product_attention(q, k, v, mask, self.impl,
                                     causal=self.causal and not decode)  # (B, Lq, H, Dh)
-        return dense(d_model, ("heads", "head_dim", "embed"), in_axes=2, name="out", **kw)(
-            out
-        )  # (B, Lq, D)
+        return dense(d_model, ("heads", "head_dim", "embed"), in_axes=2, name="out",
+                     init_std=self.out_init_std, **kw)(out)  # (B, Lq, D)
 
     def _extend_cache(
         self, k: jax.Array, v: jax.Array, segment_ids: jax.Array

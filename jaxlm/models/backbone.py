@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxlm.config import ConfigError, ModelConfig
 from jaxlm.models.attention import MultiHeadAttention
-from jaxlm.models.layers import Mlp, norm, sinusoidal
+from jaxlm.models.layers import Mlp, norm, residual_std, sinusoidal
 
 REMAT_POLICIES = {
     "full": None,  # recompute everything in the backward pass
@@ -51,6 +51,7 @@ class Block(nn.Module):
             impl=cfg.attention,
             rope_theta=cfg.rope_theta if cfg.positions == "rope" else None,
             use_bias=cfg.bias,
+            out_init_std=residual_std(cfg),
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
             name="attn",

@@ -9,6 +9,7 @@ it is the usual mixed-precision recipe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -43,11 +44,12 @@ class Dense(nn.Module):
     use_bias: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
+    init_std: float = 0.02
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # (..., *in) -> (..., *features)
         n_out = len(self.features)
-        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes)
+        init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.axes)
         kernel = self.param(
             "kernel",
             init,
@@ -69,11 +71,19 @@ def dense(
     param_dtype: str = "float32",
     in_axes: int = 1,
     use_bias: bool = False,
+    init_std: float = 0.02,
     name: str | None = None,
 ) -> Dense:
     """Shorthand for :class:`Dense` with ``features`` an int or a tuple."""
     feats = (features,) if isinstance(features, int) else tuple(features)
-    return Dense(feats, axes, in_axes, use_bias, dtype, param_dtype, name=name)
+    return Dense(feats, axes, in_axes, use_bias, dtype, param_dtype, init_std, name=name)
+
+
+def residual_std(cfg: ModelConfig) -> float:
+    """Init std of the projections that write into the residual stream (attention out, MLP
+    down): 0.02, or 0.02/sqrt(2 * n_layers) with ``model.residual_init=scaled`` (GPT-2's
+    paper, nanoGPT) so the stream's variance does not grow with depth at init."""
+    return 0.02 / math.sqrt(2 * cfg.n_layers) if cfg.residual_init == "scaled" else 0.02
 
 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
@@ -116,7 +126,8 @@ class Mlp(nn.Module):
         else:
             h = dense(cfg.d_ff, ("embed", "mlp"), name="fc", **kw)(x)  # (B, L, F)
             h = nn.gelu(h, approximate=cfg.mlp == "gelu_tanh").astype(dt)
-        return dense(cfg.d_model, ("mlp", "embed"), name="proj", **kw)(h)  # (B, L, D)
+        return dense(cfg.d_model, ("mlp", "embed"), name="proj", init_std=residual_std(cfg),
+                     **kw)(h)  # (B, L, D)
 
 
 def sinusoidal(positions: jax.Array, dim: int, max_timescale: float = 10000.0) -> jax.Array:

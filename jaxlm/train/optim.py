@@ -29,10 +29,12 @@ def _path_names(path: tuple) -> list[str]:
 def decay_mask(params: Any, exclude: list[str]) -> Any:
     """True for parameters that get weight decay. ``exclude`` holds categories:
     'norms' (any module named *norm*), 'biases' (leaves named bias), 'embeddings'
-    (embedding tables: wte, wpe)."""
+    (embedding tables: wte, wpe), 'vectors' (any leaf of rank < 2, whatever its name)."""
 
-    def decays(path: tuple, _: Any) -> bool:
+    def decays(path: tuple, leaf: Any) -> bool:
         names = _path_names(path)
+        if "vectors" in exclude and len(getattr(leaf, "shape", ())) < 2:
+            return False
         if "norms" in exclude and any("norm" in n for n in names[:-1]):
             return False
         if "biases" in exclude and names[-1] == "bias":
