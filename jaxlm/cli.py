@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from jaxlm.finetune.classify import finetune
+    from jaxlm.finetune.main import finetune
 
     return _run(args, finetune)
 

@@ -47,6 +47,40 @@ def synthetic_dir(directory: Path, n_train: int = 96, n_eval: int = 24, **kw) ->
     return directory
 
 
+FRUIT = "apple banana cherry grape lemon mango olive peach pear plum".split()
+COLOUR = {"apple": "green", "banana": "yellow", "cherry": "red", "grape": "purple",
+          "lemon": "pale", "mango": "orange"}
+
+
+def reverse_task(n: int, seed: int) -> list[dict]:
+    """Prompt/completion pairs of varied lengths: three words, reversed."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        w = rng.sample(FRUIT, 3)
+        rows.append({"prompt": f"reverse: {' '.join(w)} =>",
+                     "completion": " " + " ".join(reversed(w))})
+    return rows
+
+
+def colour_task(n: int, seed: int) -> list[dict]:
+    """A task a tiny model learns in a few epochs: a fruit's colour, asked in a few ways."""
+    rng = random.Random(seed)
+    asks = ("the colour of {} is", "what colour is a {}?", "{} =>")
+    fruit = sorted(COLOUR)
+    return [{"prompt": rng.choice(asks).format(f), "completion": f" {COLOUR[f]}"}
+            for f in (rng.choice(fruit) for _ in range(n))]
+
+
+def write_task(directory: Path, n_train: int = 240, n_eval: int = 24) -> Path:
+    """The colour task as train / validation / test jsonl files (prompt, completion)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("validation", n_eval, 1), ("test", n_eval, 2)):
+        (directory / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in colour_task(n, seed)))
+    return directory
+
+
 def finetune_args(run_dir: Path, backbone: Path | str, data: Path | str, *extra: str) -> list[str]:
     return ["finetune", f"finetune.backbone={backbone}", f"finetune.run_dir={run_dir}",
             f"finetune.data.path={data}", "finetune.epochs=1", "finetune.batch_size=8",

@@ -34,6 +34,9 @@ class LabeledDataConfig(Section):
     text_column: str = "text"
     text_pair_column: str | None = Field(None, description="second text (pairs), optional")
     label_column: str = "label"
+    prompt_column: str = Field("prompt", description="problem=generate: the prompt text")
+    completion_column: str = Field(
+        "completion", description="problem=generate: the text the model learns to continue with")
     label_separator: str | None = Field(
         None, description="multi_label: labels given as one string split on this separator"
     )
@@ -62,7 +65,8 @@ class FinetuneConfig(OptimizerSettings):
     tokenizer: str | None = Field(
         None, description="None = the backbone's (recorded in the run's config.json)"
     )
-    problem: Literal["single_label", "multi_label", "regression", "token"] = "single_label"
+    problem: Literal["single_label", "multi_label", "regression", "token", "generate"] = Field(
+        "single_label", description="generate: prompt -> completion with a decoder's LM head")
     data: LabeledDataConfig = Field(default_factory=LabeledDataConfig)
     num_labels: int | None = Field(None, gt=0, description="None = from the data")
     pooling: Literal["cls", "mean", "last"] | None = Field(
@@ -88,6 +92,14 @@ class FinetuneConfig(OptimizerSettings):
         None, description="chooses the best checkpoint (loss, mae: lower is better); None = "
         "macro_f1, or mae for regression"
     )
+    loss_on_prompt: bool = Field(
+        False, description="generate: the loss covers the prompt too (default: completion only)")
+    prompt_truncation: Literal["left", "refuse"] = Field(
+        "left", description="generate: a prompt too long for max_length loses its beginning, "
+        "or is an error")
+    packing: bool = Field(
+        True, description="generate: several examples per row (each its own segment); false "
+        "= one example per row, padded")
     early_stopping: int | None = Field(
         None, gt=0, description="stop after this many epochs without a better eval_metric"
     )
@@ -96,6 +108,12 @@ class FinetuneConfig(OptimizerSettings):
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         regression = self.problem == "regression"
+        if self.problem == "generate":
+            self.eval_metric = self.eval_metric or "loss"
+            if self.eval_metric != "loss":
+                raise ValueError(f"finetune.eval_metric={self.eval_metric} does not apply to "
+                                 "finetune.problem=generate; use loss")
+            return self
         if self.eval_metric is None:
             self.eval_metric = "mae" if regression else "macro_f1"
         if regression and self.eval_metric not in ("loss", "mae"):

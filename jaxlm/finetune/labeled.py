@@ -155,11 +155,12 @@ def load_splits(d: LabeledDataConfig, seed: int) -> Splits:
     return Splits(train, found["validation"], found.get("test"), origin)
 
 
-def _column(ds: Any, column: str | None, split: str, origin: str, key: str) -> list[Any]:
-    if column not in ds.column_names:
-        raise DataError(f"finetune.data.{key}={column!r} is not a column of the {split} split "
+def column(ds: Any, name: str | None, split: str, origin: str, key: str) -> list[Any]:
+    """The values of column ``name`` (setting ``finetune.data.<key>``) of a split."""
+    if name not in ds.column_names:
+        raise DataError(f"finetune.data.{key}={name!r} is not a column of the {split} split "
                         f"({origin}); its columns are: {', '.join(ds.column_names)}")
-    return list(ds[column])
+    return list(ds[name])
 
 
 def _as_list(value: Any, sep: str | None) -> list[str]:
@@ -187,7 +188,7 @@ def label_names(splits: Splits, d: LabeledDataConfig, problem: str) -> list[str]
     if problem == "regression":
         return ["value"]
     feature = splits.train.features.get(d.label_column) if d.label_column else None
-    raw = _column(splits.train, d.label_column, "train", splits.origin["train"], "label_column")
+    raw = column(splits.train, d.label_column, "train", splits.origin["train"], "label_column")
     names_attr = getattr(feature, "names", None) or getattr(
         getattr(feature, "feature", None), "names", None)
     if names_attr:
@@ -266,11 +267,11 @@ def encode(ds: Any, split: str, origin: str, tokenizer: Any, d: LabeledDataConfi
            problem: str, names: list[str], max_length: int, causal: bool,
            with_labels: bool = True) -> Encoded:
     """Tokenize a split and map its labels to ids (labels unseen in training are an error)."""
-    texts = _column(ds, d.text_column, split, origin, "text_column")
-    pairs = (_column(ds, d.text_pair_column, split, origin, "text_pair_column")
+    texts = column(ds, d.text_column, split, origin, "text_column")
+    pairs = (column(ds, d.text_pair_column, split, origin, "text_pair_column")
              if d.text_pair_column else None)
     index = {n: i for i, n in enumerate(names)}
-    raw = _column(ds, d.label_column, split, origin, "label_column") if with_labels else None
+    raw = column(ds, d.label_column, split, origin, "label_column") if with_labels else None
     if problem == "token":
         return _encode_tokens(texts, raw, tokenizer, index, split, origin, max_length, causal)
     texts = ["" if t is None else str(t) for t in texts]

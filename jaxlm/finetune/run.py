@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxlm.config import Config, FinetuneConfig
+from jaxlm.config import Config, FinetuneConfig, ModelConfig
 from jaxlm.data.errors import DataError
 from jaxlm.data.pipeline import check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer
@@ -36,7 +36,7 @@ from jaxlm.finetune.labeled import Encoded, encode, label_names, load_splits
 from jaxlm.runtime.distributed import start as start_process
 from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
-from jaxlm.tasks import Classification
+from jaxlm.tasks import Classification, Task
 from jaxlm.train.optim import make_finetune_optimizer
 from jaxlm.train.state import create_train_state
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
@@ -77,10 +77,23 @@ def settings(f: FinetuneConfig, total: int) -> Settings:
     return Settings("finetune", Path(f.run_dir), total, f.batch_size, f.seed, f.lr, f.clip_norm)
 
 
-def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
-    """Build the run and its data (see the module docstring); every bad input is one error
-    line. ``devices`` restricts the mesh to some of the devices (tests)."""
-    start_process(cfg, "finetune.run_dir")  # jax.distributed first: nothing may touch devices
+@dataclasses.dataclass
+class Backbone:
+    """What a fine-tuning run starts from, resolved for this machine: where the weights are,
+    the architecture (runtime settings applied, ``auto`` resolved), the tokenizer (and the
+    name recorded for it) and the token budget per example."""
+
+    source: BackboneSource
+    model: ModelConfig
+    tokenizer: Any
+    tokenizer_name: str
+    max_length: int
+
+
+def resolve(cfg: Config) -> Backbone:
+    """Start the process (jax.distributed first: nothing may touch devices before) and
+    resolve ``finetune.backbone``, its tokenizer and ``finetune.max_length``."""
+    start_process(cfg, "finetune.run_dir")
     f = cfg.finetune
     source = resolve_backbone(cfg)
     model_cfg = resolve_auto(backbone_model_config(source, cfg))  # auto: for this machine
@@ -88,7 +101,35 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
     tokenizer = load_tokenizer(tokenizer_name)
     check_vocab(tokenizer, model_cfg.vocab_size)
     max_len = min(f.max_length or model_cfg.max_seq_len, model_cfg.max_seq_len)
+    return Backbone(source, model_cfg, tokenizer, tokenizer_name, max_len)
 
+
+def build_run(cfg: Config, backbone: Backbone, task: Task, total: int,
+              devices: list[Any] | None = None, **resolved: Any) -> Run:
+    """The run of ``task`` for ``total`` steps on the mesh: optimizer, abstract state, jitted
+    steps. ``resolved``: ``finetune.*`` values decided at set-up, recorded in the run's
+    config.json with the backbone's model and tokenizer (what later verbs read back)."""
+    f = cfg.finetune.model_copy(update={"tokenizer": backbone.tokenizer_name,
+                                        "max_length": backbone.max_length, **resolved})
+    cfg = cfg.model_copy(update={"model": backbone.model, "finetune": f})
+    mesh = make_mesh(cfg, devices, batch=("finetune.batch_size", f.batch_size))
+    rules = logical_rules(cfg.mesh)
+    abstract_params = jax.eval_shape(lambda r: nn.unbox(task.init(r)), jax.random.PRNGKey(0))
+    tx, schedule = make_finetune_optimizer(f, total, backbone.model.n_layers, abstract_params)
+    state, shardings = create_train_state(task, tx, mesh, rules, f.seed, abstract=True)
+    bs = batch_sharding(mesh, rules)
+    step_fn = make_train_step(task, tx, schedule, spike_factor=cfg.train.spike_factor)
+    train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
+    eval_step = make_eval_step(task, shardings.params, bs, mesh, rules)
+    return Run(cfg, settings(f, total), mesh, rules, task, tx, schedule, state, shardings, bs,
+               train_step, eval_step, backbone.tokenizer)
+
+
+def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
+    """Build a classification run and its data (see the module docstring); every bad input
+    is one error line. ``devices`` restricts the mesh to some of the devices (tests)."""
+    backbone = resolve(cfg)
+    f, model_cfg, max_len = cfg.finetune, backbone.model, backbone.max_length
     raw = load_splits(f.data, f.seed)
     names = label_names(raw, f.data, f.problem)
     if f.num_labels is not None and f.problem != "regression" and f.num_labels != len(names):
@@ -97,29 +138,15 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
     if f.problem == "single_label" and len(names) < 2:
         raise DataError(f"the training data ({raw.origin['train']}) has only one label "
                         f"({names[0]!r}); classification needs at least two")
-    splits = {name: encode(ds, name, raw.origin[name], tokenizer, f.data, f.problem, names,
-                           max_len, model_cfg.causal)
+    splits = {name: encode(ds, name, raw.origin[name], backbone.tokenizer, f.data, f.problem,
+                           names, max_len, model_cfg.causal)
               for name, ds in (("train", raw.train), ("validation", raw.validation),
                                ("test", raw.test)) if ds is not None}
-
     total = f.epochs * steps_per_epoch(len(splits["train"]), f.batch_size)
-    # The resolved settings are recorded in the run's config.json (what predict reads back).
-    f = f.model_copy(update={"pooling": f.pooling or ("last" if model_cfg.causal else "cls"),
-                             "tokenizer": tokenizer_name, "max_length": max_len})
-    cfg = cfg.model_copy(update={"model": model_cfg, "finetune": f})
-    mesh = make_mesh(cfg, devices, batch=("finetune.batch_size", f.batch_size))
-    rules = logical_rules(cfg.mesh)
-    task = Classification(model_cfg, len(names), f.problem, f.pooling, f.pooler, f.head_dropout)
-    abstract_params = jax.eval_shape(lambda r: nn.unbox(task.init(r)), jax.random.PRNGKey(0))
-    tx, schedule = make_finetune_optimizer(f, total, model_cfg.n_layers, abstract_params)
-    state, shardings = create_train_state(task, tx, mesh, rules, f.seed, abstract=True)
-    bs = batch_sharding(mesh, rules)
-    step_fn = make_train_step(task, tx, schedule, spike_factor=cfg.train.spike_factor)
-    train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
-    eval_step = make_eval_step(task, shardings.params, bs, mesh, rules)
-    run = Run(cfg, settings(f, total), mesh, rules, task, tx, schedule, state, shardings, bs,
-              train_step, eval_step, tokenizer)
-    return run, Labeled(source, names, splits, raw.origin, buckets(max_len))
+    pooling = f.pooling or ("last" if model_cfg.causal else "cls")
+    task = Classification(model_cfg, len(names), f.problem, pooling, f.pooler, f.head_dropout)
+    run = build_run(cfg, backbone, task, total, devices, pooling=pooling)
+    return run, Labeled(backbone.source, names, splits, raw.origin, buckets(max_len))
 
 
 def evaluate(run: Run, data: Labeled, params: Any, split: str) -> tuple[dict[str, float], Any]:

@@ -1,0 +1,142 @@
+"""Generative fine-tuning (finetune.problem=generate): examples are packed without seeing each
+other, only completions carry loss, prompts are cut from the left or refused, the CLI learns a
+task and its run generates."""
+
+import json
+
+import datasets
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from finetunehelpers import last_json, pretrain, reverse_task, write_task
+
+from jaxlm.cli import main
+from jaxlm.config import LabeledDataConfig, ModelConfig
+from jaxlm.data.errors import DataError
+from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.finetune.completions import encode_completions, make_rows, pack_rows, padding_waste
+from jaxlm.runtime.hardware import resolve_auto
+from jaxlm.tasks import CausalLM
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("default")
+
+
+def encoded(rows, tokenizer, max_length=48, truncation="left", **columns):
+    ds = datasets.Dataset.from_list(rows)
+    return encode_completions(ds, "train", "rows", tokenizer, LabeledDataConfig(**columns),
+                              max_length, truncation)
+
+
+def test_packed_examples_see_only_themselves_and_only_completions_carry_loss(tokenizer):
+    data = encoded(reverse_task(12, 0), tokenizer)
+    rows = pack_rows(data.lengths, 48, seed=0)
+    assert sorted(i for r in rows for i in r) == list(range(12))  # each example once, whole
+    assert len(rows) < 12 and all(sum(data.lengths[i] for i in r) <= 48 for r in rows)
+    batch = make_rows(data, rows, 48, loss_on_prompt=False)
+    # weights: exactly the completion tokens and EOS of every example
+    completions = [tokenizer.encode(r["completion"], add_special_tokens=False).ids
+                   for r in reverse_task(12, 0)]
+    assert batch["weights"].sum() == sum(len(c) + 1 for c in completions)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    for r, examples in enumerate(rows):
+        at = 0
+        for s, i in enumerate(examples, start=1):
+            n = int(data.lengths[i])
+            assert (batch["segment_ids"][r, at:at + n] == s).all()
+            assert list(batch["positions"][r, at:at + n]) == list(range(n))
+            targets = batch["targets"][r, at:at + n][batch["weights"][r, at:at + n] > 0]
+            assert list(targets) == [*completions[i], eos]  # the completion, then EOS
+            at += n
+        assert (batch["segment_ids"][r, at:] == 0).all() and (batch["weights"][r, at:] == 0).all()
+    # a packed row's logits equal those of each of its examples alone
+    cfg = resolve_auto(ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=4096,
+                                   max_seq_len=48, dtype="float32"))
+    task = CausalLM(cfg)
+    params = jax.jit(task.init)(jax.random.PRNGKey(0))
+    apply = jax.jit(lambda p, b: task.apply(p, b))
+    packed = np.asarray(apply(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+    r = max(range(len(rows)), key=lambda j: len(rows[j]))
+    assert len(rows[r]) >= 2
+    at = 0
+    for i in rows[r]:
+        alone = make_rows(data, [[i]], 48, loss_on_prompt=False)
+        single = np.asarray(apply(params, {k: jnp.asarray(v) for k, v in alone.items()}))
+        n = int(data.lengths[i])
+        np.testing.assert_allclose(packed[r, at:at + n], single[0, :n], atol=1e-5)
+        at += n
+    waste = padding_waste(data, rows, 48)
+    assert 0 <= waste < 1 - sum(data.lengths) / (12 * 48)  # less padding than one per row
+
+
+def test_loss_on_prompt_weights_every_target(tokenizer):
+    data = encoded(reverse_task(4, 0), tokenizer)
+    batch = make_rows(data, [[0], [1, 2], [3]], 48, loss_on_prompt=True)
+    assert batch["weights"].sum() == sum(data.lengths)
+    assert ((batch["weights"] > 0) == (batch["segment_ids"] > 0)).all()
+
+
+def test_a_long_prompt_loses_its_beginning_or_is_refused(tokenizer):
+    rows = [{"prompt": " ".join(["word"] * 60) + " end", "completion": " done"}]
+    data = encoded(rows, tokenizer, max_length=16)
+    assert data.truncated == 1 and len(data.ids[0]) == 17  # max_length inputs + 1
+    prompt = tokenizer.decode(list(data.ids[0][1:data.prompt_lens[0]]))
+    assert prompt.endswith("word end")  # the end of the prompt is kept
+    assert tokenizer.decode(list(data.ids[0][data.prompt_lens[0]:-1])) == " done"
+    with pytest.raises(DataError, match="prompt_truncation=left"):
+        encoded(rows, tokenizer, max_length=16, truncation="refuse")
+    long = [{"prompt": "hi", "completion": " ".join(["word"] * 40)}]
+    with pytest.raises(DataError, match="its completion is .* tokens"):
+        encoded(long, tokenizer, max_length=16)
+
+
+def test_bad_columns_and_empty_completions_are_one_line(tokenizer):
+    with pytest.raises(DataError, match="completion_column='answer' is not a column"):
+        encoded([{"prompt": "a", "completion": "b"}], tokenizer, completion_column="answer")
+    with pytest.raises(DataError, match="1 empty completion"):
+        encoded([{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": " "}],
+                tokenizer)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return pretrain(tmp_path_factory.mktemp("pretrain") / "run")
+
+
+def test_a_decoder_learns_the_task_from_the_cli_and_its_run_generates(backbone, tmp_path,
+                                                                        capsys):
+    data = write_task(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["finetune", "finetune.problem=generate", f"finetune.backbone={backbone}",
+            f"finetune.run_dir={run}", f"finetune.data.path={data}", "finetune.epochs=6",
+            "finetune.batch_size=8", "finetune.max_length=16", "finetune.lr=3e-3",
+            "logging.progress=false", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    result = last_json(out.out)
+    history = json.loads((run / "report.json").read_text())["history"]
+    first, last = history[0]["loss"], history[-1]["loss"]
+    assert last < 0.3 * first, history  # the completions are learned
+    assert result["split"] == "test" and result["perplexity"] < 2
+    assert "packed into" in out.err + out.out and "padding" in out.err + out.out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["finetune"]["problem"] == "generate" and saved["model"]["dtype"] != "auto"
+    # the run is a language model: jaxlm generate continues a prompt with it
+    assert main(["generate", str(run), "the colour of cherry is", "what colour is a mango?",
+                 "--temperature", "0", "--max-new-tokens", "8", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [(r["completion"], r["finish_reason"]) for r in rows] == [(" red", "eos"),
+                                                                     (" orange", "eos")]
+
+
+def test_generate_of_an_encoder_is_refused(tmp_path, capsys):
+    data = write_task(tmp_path / "data", 16, 4)
+    code = main(["finetune", "finetune.problem=generate", "finetune.backbone=none",
+                 "model.family=bert", "data.mode=mlm", f"finetune.run_dir={tmp_path / 'run'}",
+                 f"finetune.data.path={data}", "logging.progress=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs a decoder backbone" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
