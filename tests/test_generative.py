@@ -12,10 +12,11 @@ import pytest
 from finetunehelpers import last_json, pretrain, reverse_task, write_task
 
 from jaxlm.cli import main
-from jaxlm.config import LabeledDataConfig, ModelConfig
+from jaxlm.config import ConfigError, LabeledDataConfig, ModelConfig, load_config
 from jaxlm.data.errors import DataError
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.finetune.completions import encode_completions, make_rows, pack_rows, padding_waste
+from jaxlm.finetune.text_metrics import exact_match, normalize, score, token_f1
 from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.tasks import CausalLM
 
@@ -121,6 +122,11 @@ def test_a_decoder_learns_the_task_from_the_cli_and_its_run_generates(backbone, 
     first, last = history[0]["loss"], history[-1]["loss"]
     assert last < 0.3 * first, history  # the completions are learned
     assert result["split"] == "test" and result["perplexity"] < 2
+    assert result["exact_match"] > 0.9 and result["rouge_l"] > 0.9  # greedy completions, scored
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["predictions"]) == 24 and "predictions" not in result
+    assert {"prompt", "completion", "reference", "finish_reason"} == set(report["predictions"][0])
+    assert "rouge_l" in history[0]  # every epoch scores generated validation completions
     assert "packed into" in out.err + out.out and "padding" in out.err + out.out
     saved = json.loads((run / "config.json").read_text())
     assert saved["finetune"]["problem"] == "generate" and saved["model"]["dtype"] != "auto"
@@ -140,3 +146,24 @@ def test_generate_of_an_encoder_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "needs a decoder backbone" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_text_scores_follow_squad_rouge_score_and_sacrebleu():
+    assert normalize("The  Cat, sat!") == "cat sat"
+    assert exact_match("the cat", "Cat.") == 1.0 and exact_match("a dog", "cat") == 0.0
+    assert token_f1("the cat sat", "cat sat down") == pytest.approx(0.8)  # P 1, R 2/3
+    scores = score(["the cat sat on the mat", "hello"], ["a cat sat on a rug", "hello"])
+    assert scores["exact_match"] == 0.5 and scores["chrf"] < 100
+    assert scores["rouge_l"] == pytest.approx((0.5 + 1) / 2)  # LCS "cat sat on": 3 of 6 words
+    assert score(["same words here"], ["same words here"])["chrf"] == pytest.approx(100)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["finetune.eval_metric=rouge_l"], "applies to finetune.problem=generate"),
+    (["finetune.problem=generate", "finetune.eval_metric=macro_f1"], "use loss, exact_match"),
+    (["finetune.problem=generate", "finetune.eval_metric=f1", "finetune.eval_samples=0"],
+     "generates none"),
+])
+def test_generation_metrics_only_where_completions_are_generated(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

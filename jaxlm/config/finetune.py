@@ -43,6 +43,19 @@ class LabeledDataConfig(Section):
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
 
 
+class SamplingConfig(Section):
+    """How ``finetune.problem=generate`` draws the completions it scores: greedy by default;
+    otherwise as ``jaxlm generate`` (:class:`jaxlm.generate.Sampling`)."""
+
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    top_k: int | None = Field(None, ge=1, description="the K most likely tokens; None = all")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus; None = off")
+    seed: int = 0
+
+
+GENERATION_METRICS = ("exact_match", "f1", "rouge_l", "chrf", "bleu")
+
+
 class FinetuneConfig(OptimizerSettings):
     """A fine-tuning run: where the backbone comes from, the head, the data, the schedule.
 
@@ -88,10 +101,19 @@ class FinetuneConfig(OptimizerSettings):
     )
     freeze_backbone: bool = Field(False, description="train the head only")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    eval_metric: Literal["accuracy", "macro_f1", "loss", "mae"] | None = Field(
+    eval_metric: Literal["accuracy", "macro_f1", "loss", "mae", "exact_match", "f1", "rouge_l",
+                         "chrf", "bleu"] | None = Field(
         None, description="chooses the best checkpoint (loss, mae: lower is better); None = "
-        "macro_f1, or mae for regression"
+        "macro_f1, mae for regression, loss for generate (which may also use exact_match, f1, "
+        "rouge_l, chrf or bleu of its generated completions)"
     )
+    eval_samples: int = Field(
+        100, ge=0, description="generate: validation examples whose completions are generated "
+        "and scored at each epoch's end (0 = loss only); the final test scores every example")
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="generate: tokens per generated completion; None = the longest "
+        "training completion's, plus one")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     loss_on_prompt: bool = Field(
         False, description="generate: the loss covers the prompt too (default: completion only)")
     prompt_truncation: Literal["left", "refuse"] = Field(
@@ -108,12 +130,20 @@ class FinetuneConfig(OptimizerSettings):
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         regression = self.problem == "regression"
+        generation = ("loss", *GENERATION_METRICS)
         if self.problem == "generate":
             self.eval_metric = self.eval_metric or "loss"
-            if self.eval_metric != "loss":
+            if self.eval_metric not in generation:
                 raise ValueError(f"finetune.eval_metric={self.eval_metric} does not apply to "
-                                 "finetune.problem=generate; use loss")
+                                 f"finetune.problem=generate; use {', '.join(generation)}")
+            if self.eval_metric != "loss" and self.eval_samples == 0:
+                raise ValueError(f"finetune.eval_metric={self.eval_metric} scores generated "
+                                 "completions, but finetune.eval_samples=0 generates none; "
+                                 "set eval_samples > 0 or eval_metric=loss")
             return self
+        if self.eval_metric in GENERATION_METRICS:
+            raise ValueError(f"finetune.eval_metric={self.eval_metric} scores generated text: it "
+                             f"applies to finetune.problem=generate, not {self.problem}")
         if self.eval_metric is None:
             self.eval_metric = "mae" if regression else "macro_f1"
         if regression and self.eval_metric not in ("loss", "mae"):

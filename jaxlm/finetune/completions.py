@@ -39,6 +39,7 @@ class Completions:
     prompts: list[str]
     completions: list[str]
     truncated: int  # prompts that lost their beginning
+    model_prompts: list[str]  # the prompts as the model sees them (cut ones decoded)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -70,7 +71,7 @@ def encode_completions(ds: Any, split: str, origin: str, tokenizer: Any,
     enc = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     p_ids = [e.ids for e in enc(prompts, add_special_tokens=False)]
     c_ids = [e.ids for e in enc(completions, add_special_tokens=False)]
-    ids, prompt_lens, truncated = [], [], 0
+    ids, prompt_lens, truncated, seen = [], [], 0, list(prompts)
     budget = max_length + 1  # a row holds max_length inputs: the sequence is one longer
     for r, (p, c) in enumerate(zip(p_ids, c_ids, strict=True)):
         room = budget - len(c) - 2  # prompt tokens that fit beside BOS, completion, EOS
@@ -86,9 +87,11 @@ def encode_completions(ds: Any, split: str, origin: str, tokenizer: Any,
                                 "finetune.prompt_truncation=left to drop the prompt's "
                                 "beginning, or raise max_length")
             p, truncated = p[len(p) - room:], truncated + 1
+            seen[r] = tokenizer.decode(p)
         ids.append(np.asarray([bos, *p, *c, eos], np.int32))
         prompt_lens.append(1 + len(p))
-    return Completions(ids, np.asarray(prompt_lens, np.int64), prompts, completions, truncated)
+    return Completions(ids, np.asarray(prompt_lens, np.int64), prompts, completions, truncated,
+                       seen)
 
 
 def _text(value: Any) -> str:

@@ -32,7 +32,8 @@ from jaxlm.train.trainer import Eval, Fed, Run, Verdict, Window, fit, open_write
 
 REPORT_FILE = "report.json"
 # metrics shown in an epoch's line, where the objective has them
-SHOWN = ("perplexity", "accuracy", "macro_f1", "mae")
+SHOWN = ("perplexity", "accuracy", "macro_f1", "mae", "exact_match", "f1", "rouge_l", "chrf",
+         "bleu")
 
 
 class Objective(Protocol):
@@ -176,4 +177,5 @@ def final_report(objective: Objective, progress: dict[str, Any], best_step: int 
     if run.primary:
         report = {**result, "history": progress["history"]}
         (Path(run.settings.run_dir) / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    result.pop("predictions", None)  # (every one of them: in report.json only)
     return result

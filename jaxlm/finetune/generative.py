@@ -4,7 +4,9 @@ The backbone's whole language model (its LM head included) is the starting point
 task is pretraining's own :class:`~jaxlm.tasks.CausalLM` — the difference is in the data
 (:mod:`.completions`): packed rows in which every example is its own segment and only the
 completion's tokens carry loss. Each epoch ends with the validation split's completion loss
-and perplexity; the final report adds a few greedy completions of the best checkpoint beside
+and perplexity, and the scores (:mod:`.text_metrics`) of completions generated for the first
+``finetune.eval_samples`` validation prompts (greedy unless ``finetune.sampling`` says
+otherwise); the final report scores every test example and shows a few completions beside
 their references. The run is a language model like a pretraining run: ``jaxlm generate RUN``
 and :meth:`jaxlm.generate.Generator.load` take it as they are.
 """
@@ -16,11 +18,13 @@ import math
 from typing import Any
 
 import jax
+from tqdm.auto import tqdm
 
 from jaxlm.checkpoint.checkpointer import abstract_like
 from jaxlm.checkpoint.export import load_params
 from jaxlm.config import Config, ConfigError
 from jaxlm.data.pipeline import to_global
+from jaxlm.data.tokenizer import special_ids
 from jaxlm.finetune.backbone import BackboneSource
 from jaxlm.finetune.batching import bucket_of, buckets, local_rows
 from jaxlm.finetune.completions import (
@@ -34,6 +38,8 @@ from jaxlm.finetune.completions import (
 )
 from jaxlm.finetune.labeled import load_splits
 from jaxlm.finetune.run import build_run, resolve
+from jaxlm.finetune.text_metrics import score
+from jaxlm.generate import Completion, Generator, Sampling
 from jaxlm.models import param_count
 from jaxlm.tasks import CausalLM
 from jaxlm.train.state import TrainState, create_train_state
@@ -80,6 +86,10 @@ class Generate:
     def __init__(self, run: Run, data: CompletionData) -> None:
         self.run, self.data, self.origin = run, data, data.origin
         self.per_epoch = math.ceil(len(data.rows["train"]) / run.settings.batch)
+        self._generator: Generator | None = None
+        longest = max(len(c) - p for c, p in zip(data.splits["train"].ids,
+                                                 data.splits["train"].prompt_lens, strict=True))
+        self.max_new_tokens = run.cfg.finetune.max_new_tokens or longest  # (EOS included)
 
     def batch(self, split: str, rows: list[list[int]]) -> dict[str, jax.Array]:
         """The global batch of ``rows`` (all processes' rows; [] = an empty row), padded to
@@ -139,11 +149,56 @@ class Generate:
                 f"mesh {dict(run.mesh.shape)}")
 
     def evaluate(self, params: Any, split: str) -> tuple[dict[str, float], Any]:
-        """Completion loss and perplexity of ``params`` on ``split``."""
+        """Completion loss and perplexity of ``params`` on ``split``, and the scores of the
+        completions generated for its first ``eval_samples`` prompts (every prompt of the
+        test split); the completions come back with the sums (for the report)."""
         order = range(len(self.data.rows[split]))
         batches = (self.batch(split, rows) for rows in self._batches(split, order))
         sums = evaluate(self.run.eval_step, params, batches)
-        return self.run.task.eval_metrics(sums), sums
+        metrics = self.run.task.eval_metrics(sums)
+        f, data = self.run.cfg.finetune, self.data.splits[split]
+        n = len(data) if split == "test" else min(f.eval_samples, len(data))
+        generated: list[Completion] = []
+        if n:
+            generated = self.complete(params, data.model_prompts[:n], split)
+            metrics.update(score([c.text.strip() for c in generated],
+                                 [data.completions[i].strip() for i in range(n)]))
+        return metrics, {**sums, "generated": generated}
+
+    def complete(self, params: Any, prompts: list[str], split: str) -> list[Completion]:
+        """Completions of ``prompts`` by ``params`` (the run's mesh; a progress bar)."""
+        run, s = self.run, self.run.cfg.finetune.sampling
+        if self._generator is None:
+            ids = special_ids(run.tokenizer)
+            self._generator = Generator(run.cfg.model, params, run.tokenizer, run.mesh,
+                                        run.rules, ids.bos if ids.bos is not None else ids.eos,
+                                        ids.eos)
+        self._generator.params = params
+        sampling = Sampling(s.temperature, s.top_k, s.top_p)
+        size = max(run.settings.batch, 8)
+        out: list[Completion] = []
+        bar = tqdm(total=len(prompts), desc=f"generate {split}", unit="completion", leave=False,
+                   dynamic_ncols=True, disable=not (run.primary and run.cfg.logging.progress))
+        for start in range(0, len(prompts), size):
+            chunk = prompts[start:start + size]
+            out += self._generator.generate(chunk, self.max_new_tokens, sampling, s.seed,
+                                            batch_size=size)
+            bar.update(len(chunk))
+        bar.close()
+        return out
 
     def report(self, params: Any, split: str, sums: Any) -> tuple[list[str], dict[str, Any]]:
-        return [], {}
+        """A few generated completions beside their references; all of them in the result."""
+        data, generated = self.data.splits[split], sums["generated"]
+        lines = [f"examples ({split}): prompt | generated | reference"]
+        for i, c in enumerate(generated[:EXAMPLES_SHOWN]):
+            lines.append(f"  {_short(data.prompts[i])!r} | {_short(c.text)!r} | "
+                         f"{_short(data.completions[i])!r}")
+        rows = [{"prompt": data.prompts[i], "completion": c.text, "reference":
+                 data.completions[i], "finish_reason": c.finish_reason}
+                for i, c in enumerate(generated)]
+        return lines, {"predictions": rows}
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

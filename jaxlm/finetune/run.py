@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxlm.config import Config, FinetuneConfig, ModelConfig
+from jaxlm.config.finetune import GENERATION_METRICS
 from jaxlm.data.errors import DataError
 from jaxlm.data.pipeline import check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer
@@ -45,7 +46,8 @@ from jaxlm.train.trainer import evaluate as evaluate_sums
 
 LABELS_FILE = "labels.json"
 # finetune.eval_metric: which way is better (the best checkpoint is tracked by it).
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False, "mae": False}
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False, "mae": False,
+                    **dict.fromkeys(GENERATION_METRICS, True)}
 # Settings that make a fine-tuning checkpoint unusable for another run (beyond the model).
 COMPAT_KEYS = ("finetune.problem", "finetune.pooling", "finetune.pooler", "finetune.data",
                "finetune.epochs", "finetune.seed", "finetune.batch_size", "finetune.max_length")
