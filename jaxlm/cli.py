@@ -93,23 +93,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from jaxlm.finetune.predict import Predictor, read_texts
+    from jaxlm.finetune.predict import load_run, read_texts
 
     texts = read_texts(args.texts, args.file)
-    predictor = Predictor.load(args.run_dir, step=args.step)
+    predictor = load_run(args.run_dir, step=args.step)
     rows = predictor.predict(texts, batch_size=args.batch_size)
     for text, row in zip(texts, rows, strict=True):
         if args.json:
-            print(json.dumps({"text": text, **row}), flush=True)
+            print(json.dumps(predictor.record(text, row)), flush=True)
         else:
             print(predictor.format_row(text, row), flush=True)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jaxlm.finetune.predict import Predictor
+    from jaxlm.finetune.predict import load_run
 
-    predictor = Predictor.load(args.run_dir, step=args.step)
+    predictor = load_run(args.run_dir, step=args.step)
     metrics, report = predictor.evaluate_file(args.file, batch_size=args.batch_size)
     print(json.dumps(metrics) if args.json else report)
     return 0
@@ -245,18 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step time")
     pl.set_defaults(func=cmd_plan)
 
-    for name, helptext in (("predict", "label texts with a fine-tuned run"),
+    for name, helptext in (("predict", "label texts (or complete prompts) with a fine-tuned run"),
                            ("evaluate", "metrics of a fine-tuned run on a labeled file")):
         pr = sub.add_parser(name, help=helptext)
         pr.add_argument("run_dir", help="a `jaxlm finetune` run directory")
         if name == "predict":
-            pr.add_argument("texts", nargs="*", help="texts to label (none: --file or stdin)")
+            pr.add_argument("texts", nargs="*", help="texts to label, or prompts to complete "
+                            "(none: --file or stdin)")
             pr.add_argument("--file", help="a text file, one text per line ('-' = stdin)")
-            _json_flag(pr, "one JSON object per text: label, probability, all scores")
+            _json_flag(pr, "one JSON object per text: label, probability, all scores (a "
+                       "generative run: prompt, completion, finish_reason)")
         else:
             # --file, as predict and generate read theirs; --data, its first name, still works
             pr.add_argument("--file", "--data", dest="file", required=True,
-                            help="labeled csv/jsonl/parquet with the run's text and label columns")
+                            help="csv/jsonl/parquet with the run's text and label (or prompt and "
+                            "completion) columns")
             _json_flag(pr, "print the metrics as JSON")
         pr.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the best one)")

@@ -136,6 +136,17 @@ def test_a_decoder_learns_the_task_from_the_cli_and_its_run_generates(backbone, 
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [(r["completion"], r["finish_reason"]) for r in rows] == [(" red", "eos"),
                                                                      (" orange", "eos")]
+    # jaxlm predict: one completion per prompt, in order (the best checkpoint, greedy)
+    assert main(["predict", str(run), "banana =>", "the colour of grape is", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert rows == [{"prompt": "banana =>", "completion": " yellow", "finish_reason": "eos"},
+                    {"prompt": "the colour of grape is", "completion": " purple",
+                     "finish_reason": "eos"}]
+    # jaxlm evaluate: a prompt/completion file scored as the run scored its test split
+    assert main(["evaluate", str(run), "--file", str(data / "test.jsonl"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored["loss"] == pytest.approx(result["loss"], rel=1e-4)
+    assert scored["exact_match"] == result["exact_match"] and scored["examples"] == 24
 
 
 def test_generate_of_an_encoder_is_refused(tmp_path, capsys):

@@ -112,7 +112,7 @@ class FinetuneConfig(OptimizerSettings):
         "and scored at each epoch's end (0 = loss only); the final test scores every example")
     max_new_tokens: int | None = Field(
         None, gt=0, description="generate: tokens per generated completion; None = the longest "
-        "training completion's, plus one")
+        "training completion's (EOS included), recorded in the run's config.json")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     loss_on_prompt: bool = Field(
         False, description="generate: the loss covers the prompt too (default: completion only)")

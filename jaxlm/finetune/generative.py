@@ -76,7 +76,10 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Completio
     rows = {name: (pack_rows(d.lengths, max_len, f.seed) if f.packing else padded_rows(len(d)))
             for name, d in splits.items()}
     total = f.epochs * math.ceil(len(rows["train"]) / f.batch_size)
-    run = build_run(cfg, backbone, CausalLM(backbone.model), total, devices)
+    train = splits["train"]
+    longest = int(max(len(ids) - n for ids, n in zip(train.ids, train.prompt_lens, strict=True)))
+    run = build_run(cfg, backbone, CausalLM(backbone.model), total, devices,
+                    max_new_tokens=f.max_new_tokens or longest)  # (EOS included)
     return run, CompletionData(backbone.source, splits, rows, raw.origin, buckets(max_len))
 
 
@@ -87,9 +90,6 @@ class Generate:
         self.run, self.data, self.origin = run, data, data.origin
         self.per_epoch = math.ceil(len(data.rows["train"]) / run.settings.batch)
         self._generator: Generator | None = None
-        longest = max(len(c) - p for c, p in zip(data.splits["train"].ids,
-                                                 data.splits["train"].prompt_lens, strict=True))
-        self.max_new_tokens = run.cfg.finetune.max_new_tokens or longest  # (EOS included)
 
     def batch(self, split: str, rows: list[list[int]]) -> dict[str, jax.Array]:
         """The global batch of ``rows`` (all processes' rows; [] = an empty row), padded to
@@ -181,8 +181,8 @@ class Generate:
                    dynamic_ncols=True, disable=not (run.primary and run.cfg.logging.progress))
         for start in range(0, len(prompts), size):
             chunk = prompts[start:start + size]
-            out += self._generator.generate(chunk, self.max_new_tokens, sampling, s.seed,
-                                            batch_size=size)
+            out += self._generator.generate(chunk, run.cfg.finetune.max_new_tokens, sampling,
+                                            s.seed, batch_size=size)
             bar.update(len(chunk))
         bar.close()
         return out

@@ -15,9 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm.checkpoint.compat import CheckpointError
 from jaxlm.checkpoint.export import load_params
-from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import from_dict
 from jaxlm.data.errors import DataError
 from jaxlm.data.inputs import read_lines
@@ -25,8 +23,9 @@ from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.finetune.batching import batch_length, buckets, eval_plan, make_batch
+from jaxlm.finetune.complete import Completer
 from jaxlm.finetune.labeled import Encoded, _local_files, _read_local, encode, encode_texts
-from jaxlm.finetune.run import HIGHER_IS_BETTER, LABELS_FILE
+from jaxlm.finetune.run import LABELS_FILE, best_step
 from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Classification
@@ -39,27 +38,6 @@ from jaxlm.train.trainer import evaluate
 def read_texts(texts: list[str], file: str | None) -> list[str]:
     """Texts from the command line, else one per non-blank line of ``file`` or of stdin."""
     return texts or read_lines(file, "text")
-
-
-def _best_step(run_dir: Path, cfg: Any) -> int:
-    """The best checkpoint of the run, as Orbax tracked it by ``finetune.eval_metric``
-    (runs saved before the ``progress`` item: the best step their data item recorded); the
-    latest when no epoch has ended yet."""
-    metric = cfg.finetune.eval_metric
-    directory = run_dir / "checkpoints"
-    if not directory.is_dir():
-        steps: list[int] = []
-    else:
-        run = SavedRun(directory, best=(metric, HIGHER_IS_BETTER[metric]))
-        steps = run.steps()
-    if not steps:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint yet; run `jaxlm finetune` "
-                              "to the end of an epoch first")
-    with run:
-        best = run.best_step()
-        if run.json_item(steps[-1], "progress") is None:  # an older run
-            best = run.json_item(steps[-1], "data")["states"][0].get("best_step")
-    return best if best in steps else steps[-1]
 
 
 class Predictor:
@@ -82,7 +60,7 @@ class Predictor:
         self.mesh = make_mesh(mcfg)
         rules = logical_rules(mcfg.mesh)
         target = abstract_params(self.task, self.mesh, rules)  # on that mesh, not allocated
-        self.step = step if step is not None else _best_step(run_dir, cfg)
+        self.step = step if step is not None else best_step(run_dir, cfg)
         self.params = load_params(run_dir / "checkpoints", target, step=self.step)
         shardings = jax.tree.map(lambda x: x.sharding, target)
         self.sharding = batch_sharding(self.mesh, rules)
@@ -92,11 +70,14 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path, step: int | None = None) -> Predictor:
-        """The run in ``run_dir``; one-line errors for anything that is not a fine-tuned run."""
+        """The classifier run in ``run_dir``; one-line errors for anything else."""
         path = Path(run_dir)
         if not path.is_dir():
             raise UserError(f"run directory {run_dir} does not exist")
         config_file, labels_file = path / "config.json", path / LABELS_FILE
+        if _saved_problem(config_file) == "generate":
+            raise UserError(f"{run_dir} is a generative run (finetune.problem=generate): load "
+                            "it with jaxlm.finetune.predict.load_run (or jaxlm.generate)")
         if not labels_file.is_file():
             if config_file.is_file():
                 raise UserError(f"{run_dir} is a pretraining run: it has no classification "
@@ -151,6 +132,11 @@ class Predictor:
         return rows
 
     @staticmethod
+    def record(text: str, row: dict[str, Any]) -> dict[str, Any]:
+        """The ``--json`` line of a prediction."""
+        return {"text": text, **row}
+
+    @staticmethod
     def format_row(text: str, row: dict[str, Any]) -> str:
         short = text if len(text) <= 70 else text[:67] + "..."
         if "value" in row:
@@ -177,3 +163,24 @@ class Predictor:
         if "confusion" in totals:
             text += "\n" + format_report(totals["confusion"], self.names)
         return metrics, text
+
+
+def _saved_problem(config_file: Path) -> str | None:
+    """``finetune.problem`` of a saved run config (None: none, or not a fine-tuning run)."""
+    if not config_file.is_file():
+        return None
+    try:
+        return (json.loads(config_file.read_text()).get("finetune") or {}).get("problem")
+    except (OSError, ValueError):
+        return None
+
+
+def load_run(run_dir: str | Path, step: int | None = None) -> Predictor | Completer:
+    """A fine-tuned run for ``jaxlm predict`` / ``evaluate``: a :class:`Predictor` for a
+    classifier, a :class:`~jaxlm.finetune.complete.Completer` for a generative run."""
+    path = Path(run_dir)
+    config_file = path / "config.json"
+    if _saved_problem(config_file) == "generate":
+        cfg = from_dict(json.loads(config_file.read_text()), objective="finetune")
+        return Completer(path, cfg, step)
+    return Predictor.load(run_dir, step)

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxlm.checkpoint.compat import CheckpointError
+from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import Config, FinetuneConfig, ModelConfig
 from jaxlm.config.finetune import GENERATION_METRICS
 from jaxlm.data.errors import DataError
@@ -158,6 +160,27 @@ def evaluate(run: Run, data: Labeled, params: Any, split: str) -> tuple[dict[str
                for rows in eval_plan(encoded.lengths, run.settings.batch))
     totals = evaluate_sums(run.eval_step, params, batches)
     return run.task.eval_metrics(totals), totals
+
+
+def best_step(run_dir: Path, cfg: Any) -> int:
+    """The best checkpoint of the run, as Orbax tracked it by ``finetune.eval_metric``
+    (runs saved before the ``progress`` item: the best step their data item recorded); the
+    latest when no epoch has ended yet."""
+    metric = cfg.finetune.eval_metric
+    directory = run_dir / "checkpoints"
+    if not directory.is_dir():
+        steps: list[int] = []
+    else:
+        run = SavedRun(directory, best=(metric, HIGHER_IS_BETTER[metric]))
+        steps = run.steps()
+    if not steps:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint yet; run `jaxlm finetune` "
+                              "to the end of an epoch first")
+    with run:
+        best = run.best_step()
+        if run.json_item(steps[-1], "progress") is None:  # an older run
+            best = run.json_item(steps[-1], "data")["states"][0].get("best_step")
+    return best if best in steps else steps[-1]
 
 
 def write_labels(run: Run, data: Labeled) -> None:
