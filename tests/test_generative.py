@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from finetunehelpers import last_json, pretrain, reverse_task, write_task
+from finetunehelpers import colour_task, last_json, pretrain, reverse_task, write_task
 
 from jaxlm.cli import main
 from jaxlm.config import ConfigError, LabeledDataConfig, ModelConfig, load_config
 from jaxlm.data.errors import DataError
 from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.finetune.chat import DEFAULT, render, template_of, user_prompt
 from jaxlm.finetune.completions import encode_completions, make_rows, pack_rows, padding_waste
 from jaxlm.finetune.text_metrics import exact_match, normalize, score, token_f1
 from jaxlm.runtime.hardware import resolve_auto
@@ -178,3 +179,52 @@ def test_text_scores_follow_squad_rouge_score_and_sacrebleu():
 def test_generation_metrics_only_where_completions_are_generated(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TALK = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."}]
+
+
+def test_conversations_render_to_a_prompt_and_the_last_assistant_turn(tokenizer, tmp_path):
+    assert render(TALK, DEFAULT, "row 0") == (
+        "<|system|>\nBe terse.\n<|user|>\nHi!\n<|assistant|>\n", "Hello.")
+    assert render(TALK, CHATML, "row 0") == (
+        "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
+        "<|im_start|>assistant\n", "Hello.<|im_end|>\n")
+    assert user_prompt("Hi!", DEFAULT) == "<|user|>\nHi!\n<|assistant|>\n"
+    # a Hugging Face directory's template is found; none there means the default
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML}))
+    assert template_of(tmp_path) == CHATML and template_of(tmp_path / "x") == DEFAULT
+    data = encoded([{"messages": TALK}], tokenizer, messages_column="messages")
+    assert data.prompts[0].endswith("<|assistant|>\n") and data.completions[0] == "Hello."
+    with pytest.raises(DataError, match="unknown role 'robot'"):
+        render([{"role": "robot", "content": "x"}, TALK[2]], DEFAULT, "row 3")
+    with pytest.raises(DataError, match="no assistant turn"):
+        render(TALK[:2], DEFAULT, "row 4")
+    silent = "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}" \
+             "{% endfor %}"
+    with pytest.raises(DataError, match="renders no assistant turn"):
+        render(TALK, silent, "row 5")
+
+
+def test_a_chat_run_learns_its_assistant_turns_and_predict_takes_user_turns(backbone, tmp_path,
+                                                                           capsys):
+    rows = [{"messages": [{"role": "user", "content": r["prompt"]},
+                          {"role": "assistant", "content": r["completion"].strip()}]}
+            for r in colour_task(240, 0)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert main(["finetune", "finetune.problem=generate", f"finetune.backbone={backbone}",
+                 f"finetune.run_dir={run}", f"finetune.data.path={tmp_path / 'chat.jsonl'}",
+                 "finetune.data.messages_column=messages", "finetune.epochs=4",
+                 "finetune.batch_size=8", "finetune.max_length=32", "finetune.lr=3e-3",
+                 "finetune.eval_samples=8", "logging.progress=false", "--json"]) == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["exact_match"] > 0.9, result
+    assert json.loads((run / "config.json").read_text())["finetune"]["chat_template"] == DEFAULT
+    assert main(["predict", str(run), "the colour of lemon is", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row == {"prompt": "the colour of lemon is", "completion": "pale",
+                   "finish_reason": "eos"}

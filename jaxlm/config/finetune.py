@@ -25,7 +25,8 @@ class LabeledDataConfig(Section):
     seeded by ``finetune.seed``).
     """
 
-    path: str = Field("demo", description="demo | local dir/file/glob | hub dataset name")
+    path: str = Field("demo", description="demo (fortunes, classification) | demo:docstrings "
+                      "(summaries, generate) | local dir/file/glob | hub dataset name")
     name: str | None = Field(None, description="hub dataset config name")
     train: str = Field("train", description="hub split name of the training data")
     validation: str | None = Field(None, description="local file or hub split; None = find")
@@ -37,6 +38,9 @@ class LabeledDataConfig(Section):
     prompt_column: str = Field("prompt", description="problem=generate: the prompt text")
     completion_column: str = Field(
         "completion", description="problem=generate: the text the model learns to continue with")
+    messages_column: str | None = Field(
+        None, description="problem=generate: a column of chat conversations (lists of {role, "
+        "content}) to learn the last assistant turn of, instead of prompt/completion")
     label_separator: str | None = Field(
         None, description="multi_label: labels given as one string split on this separator"
     )
@@ -114,6 +118,10 @@ class FinetuneConfig(OptimizerSettings):
         None, gt=0, description="generate: tokens per generated completion; None = the longest "
         "training completion's (EOS included), recorded in the run's config.json")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    chat_template: str | None = Field(
+        None, description="generate with data.messages_column: 'default' (jaxlm's <|role|> "
+        "turns), a Jinja chat template, or None = the backbone tokenizer's (Hugging Face "
+        "tokenizer_config.json) when it has one, else default; recorded in config.json")
     loss_on_prompt: bool = Field(
         False, description="generate: the loss covers the prompt too (default: completion only)")
     prompt_truncation: Literal["left", "refuse"] = Field(

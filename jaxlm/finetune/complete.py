@@ -18,7 +18,8 @@ from jaxlm.config import Config
 from jaxlm.data.errors import DataError
 from jaxlm.data.pipeline import to_global
 from jaxlm.finetune.batching import bucket_of, buckets
-from jaxlm.finetune.completions import encode_completions, make_rows, pack_rows
+from jaxlm.finetune.chat import DEFAULT, user_prompt
+from jaxlm.finetune.completions import encode_completions, make_rows, pack_rows, specials_text
 from jaxlm.finetune.labeled import _local_files, _read_local
 from jaxlm.finetune.run import best_step
 from jaxlm.finetune.text_metrics import score
@@ -46,7 +47,12 @@ class Completer:
                                        batch_size=batch_size)
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        """One row per prompt: its completion and why it ended (eos, length)."""
+        """One row per prompt: its completion and why it ended (eos, length). A chat run
+        (``finetune.data.messages_column``) takes each text as one user turn."""
+        f = self.cfg.finetune
+        if f.data.messages_column is not None:
+            specials = specials_text(self.generator.tokenizer)
+            texts = [user_prompt(t, f.chat_template or DEFAULT, specials) for t in texts]
         return [{"completion": c.text, "finish_reason": c.finish_reason}
                 for c in self.complete(texts, batch_size)]
 
@@ -66,7 +72,7 @@ class Completer:
         if len(ds) == 0:
             raise DataError(f"{path} holds no examples")
         data = encode_completions(ds, "evaluation", path, g.tokenizer, f.data, f.max_length,
-                                  f.prompt_truncation)
+                                  f.prompt_truncation, f.chat_template or DEFAULT)
         task = CausalLM(g.cfg)
         sharding = batch_sharding(g.engine.mesh, g.engine.rules)
         shardings = jax.tree.map(lambda x: x.sharding, g.params)

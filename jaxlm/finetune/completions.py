@@ -24,6 +24,7 @@ import numpy as np
 from jaxlm.config import LabeledDataConfig
 from jaxlm.data.errors import DataError
 from jaxlm.data.tokenizer import special_ids
+from jaxlm.finetune.chat import DEFAULT, render
 from jaxlm.finetune.labeled import column
 
 _TAG = 11  # RNG stream tag of the generative fine-tuning order
@@ -51,12 +52,22 @@ class Completions:
 
 
 def encode_completions(ds: Any, split: str, origin: str, tokenizer: Any,
-                       d: LabeledDataConfig, max_length: int,
-                       truncation: str = "left") -> Completions:
-    """Tokenize a split's prompt and completion columns (see the module docstring)."""
-    prompts = [_text(p) for p in column(ds, d.prompt_column, split, origin, "prompt_column")]
-    completions = [_text(c) for c in column(ds, d.completion_column, split, origin,
-                                            "completion_column")]
+                       d: LabeledDataConfig, max_length: int, truncation: str = "left",
+                       template: str = DEFAULT) -> Completions:
+    """Tokenize a split's prompt and completion columns, or its conversations rendered by
+    ``template`` (:mod:`.chat`) when ``d.messages_column`` is set (see the module
+    docstring)."""
+    if d.messages_column is not None:
+        rendered = [render(m, template, f"the {split} split ({origin}) row {r}",
+                           specials_text(tokenizer))
+                    for r, m in enumerate(column(ds, d.messages_column, split, origin,
+                                                 "messages_column"))]
+        prompts, completions = [p for p, _ in rendered], [c for _, c in rendered]
+    else:
+        prompts = [_text(p) for p in column(ds, d.prompt_column, split, origin,
+                                            "prompt_column")]
+        completions = [_text(c) for c in column(ds, d.completion_column, split, origin,
+                                                "completion_column")]
     ids_of = special_ids(tokenizer)
     bos = ids_of.bos if ids_of.bos is not None else ids_of.eos
     eos = ids_of.eos
@@ -92,6 +103,14 @@ def encode_completions(ds: Any, split: str, origin: str, tokenizer: Any,
         prompt_lens.append(1 + len(p))
     return Completions(ids, np.asarray(prompt_lens, np.int64), prompts, completions, truncated,
                        seen)
+
+
+def specials_text(tokenizer: Any) -> dict[str, str]:
+    """``bos_token`` / ``eos_token`` as text, for chat templates that use them."""
+    ids = special_ids(tokenizer)
+    return {name: tokenizer.id_to_token(i) for name, i in (("bos_token", ids.bos),
+                                                           ("eos_token", ids.eos))
+            if i is not None}
 
 
 def _text(value: Any) -> str:

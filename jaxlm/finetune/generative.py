@@ -27,6 +27,7 @@ from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import special_ids
 from jaxlm.finetune.backbone import BackboneSource
 from jaxlm.finetune.batching import bucket_of, buckets, local_rows
+from jaxlm.finetune.chat import template_of
 from jaxlm.finetune.completions import (
     Completions,
     encode_completions,
@@ -69,8 +70,10 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Completio
                           f"{backbone.source.describe()} is a {backbone.model.family} encoder: "
                           "use a classification problem (or, for extractive QA, span)")
     raw = load_splits(f.data, f.seed)
+    template = f.chat_template or template_of(
+        backbone.source.path if backbone.source.kind == "hf" else None)
     splits = {name: encode_completions(ds, name, raw.origin[name], backbone.tokenizer, f.data,
-                                       max_len, f.prompt_truncation)
+                                       max_len, f.prompt_truncation, template)
               for name, ds in (("train", raw.train), ("validation", raw.validation),
                                ("test", raw.test)) if ds is not None}
     rows = {name: (pack_rows(d.lengths, max_len, f.seed) if f.packing else padded_rows(len(d)))
@@ -79,7 +82,8 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Completio
     train = splits["train"]
     longest = int(max(len(ids) - n for ids, n in zip(train.ids, train.prompt_lens, strict=True)))
     run = build_run(cfg, backbone, CausalLM(backbone.model), total, devices,
-                    max_new_tokens=f.max_new_tokens or longest)  # (EOS included)
+                    max_new_tokens=f.max_new_tokens or longest,  # (EOS included)
+                    chat_template=template)
     return run, CompletionData(backbone.source, splits, rows, raw.origin, buckets(max_len))
 
 

@@ -37,9 +37,13 @@ LABELED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".jsonl.gz", 
                     ".csv.gz")
 
 
-def demo_dir() -> str:
-    """The embedded demo task (fortunes by category; see its PROVENANCE.md)."""
-    return str(resources.files("jaxlm") / "assets" / "demo")
+DEMOS = {"demo": "demo", "demo:docstrings": "docstrings"}  # finetune.data.path -> assets/
+
+
+def demo_dir(name: str = "demo") -> str:
+    """An embedded demo task (see its PROVENANCE.md): ``demo``, fortunes by category
+    (classification); ``demo:docstrings``, a docstring's body -> its summary line (generate)."""
+    return str(resources.files("jaxlm") / "assets" / DEMOS[name])
 
 
 @dataclass
@@ -108,10 +112,10 @@ def _read_hub(d: LabeledDataConfig, split: str) -> Any:
 
 def load_splits(d: LabeledDataConfig, seed: int) -> Splits:
     """Train, validation (carved from train when absent) and test (None when absent)."""
-    path = demo_dir() if d.path == "demo" else os.path.expanduser(d.path)
+    path = demo_dir(d.path) if d.path in DEMOS else os.path.expanduser(d.path)
     origin: dict[str, str] = {}
     found: dict[str, Any] = {}
-    local = os.path.exists(path) or any(c in path for c in "*?[") or d.path == "demo"
+    local = os.path.exists(path) or any(c in path for c in "*?[") or d.path in DEMOS
     if local:
         for split in ("train", "validation", "test"):
             given = getattr(d, split) if split != "train" else None
