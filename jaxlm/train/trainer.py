@@ -1,10 +1,10 @@
 """The one training loop, as plain code: step, log, check health, evaluate, save.
 
-Every objective runs on it: pretraining (:mod:`jaxlm.train.pretrain`) and fine-tuning
-(:mod:`jaxlm.finetune.classify`). An objective brings a :class:`Run` (its task, optimizer
-and jitted steps on the mesh, and the :class:`Settings` of the config section it runs), a
-source of global batches and an :class:`Eval` hook; the loop owns the rest, each at its own
-cadence:
+Every objective runs on it: pretraining (:mod:`jaxlm.train.pretrain`) and fine-tuning by
+epochs (:mod:`jaxlm.finetune.epochs`: classification, generation). An objective brings a
+:class:`Run` (its task, optimizer and jitted steps on the mesh, and the :class:`Settings` of
+the config section it runs), a source of global batches and an :class:`Eval` hook; the loop
+owns the rest, each at its own cadence:
 
 * **logging** every ``logging.every`` steps, the first and the last (train metrics and the
   objective's throughput figures, to TensorBoard / ``metrics.jsonl`` and the progress bar);
