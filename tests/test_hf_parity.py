@@ -1,24 +1,37 @@
 """Imported Hugging Face weights give PyTorch `transformers`' outputs (max abs diff <= 1e-4 in
 f32) for GPT-2, Llama with grouped-query attention and BERT; padded batches match their
 unpadded rows; a jaxlm export converted to HF loads in `transformers` with no missing or
-unexpected keys and gives the same logits. Tiny random models, saved locally: no hub."""
+unexpected keys and gives the same logits; the completion-only loss of a packed row is
+`transformers`' loss with labels -100 on the prompts. Tiny random models, saved locally: no
+hub."""
 
 import json
 
+import datasets
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hfhelpers import (
     TOL,
     hf_model,
     jaxlm_forward,
+    jaxlm_model,
+    load_sharded,
+    mesh_and_rules,
     need_torch,
     save_tiny,
     torch_forward,
 )
 
 from jaxlm.cli import main
+from jaxlm.config import LabeledDataConfig
+from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.finetune.completions import encode_completions, make_rows
+from jaxlm.sharding import activate
+from jaxlm.tasks import CausalLM
 
-need_torch()
+torch, _ = need_torch()
 
 TOKENS = np.random.default_rng(0).integers(5, 60, (2, 16)).astype(np.int32)
 CASES = {  # name: (family, HF class, config overrides)
@@ -143,3 +156,36 @@ def test_jaxlm_run_exports_to_transformers(family, tmp_path, capsys):
     theirs = torch_forward(hf_model(tmp_path / "hf", json.loads(
         (tmp_path / "hf" / "config.json").read_text())["architectures"][0]), tokens)
     assert float(np.abs(ours - theirs).max()) <= TOL
+
+
+def test_completion_only_loss_of_a_packed_row_matches_transformers_labels(tiny):
+    """The generative fine-tuning loss of a packed row (three examples, loss on completions
+    and EOS only) equals `transformers`' loss with labels = -100 on each prompt, example by
+    example, within 1e-5 in f32."""
+    directory = tiny("gpt2")
+    tokenizer = load_tokenizer(str(directory / "tokenizer.json"))
+    rows = [{"prompt": "the colour of a lemon is", "completion": " pale yellow"},
+            {"prompt": "reverse: apple plum =>", "completion": " plum apple"},
+            {"prompt": "hello", "completion": " world, and the quick brown fox"}]
+    data = encode_completions(datasets.Dataset.from_list(rows), "train", "rows", tokenizer,
+                              LabeledDataConfig(), 48)
+    batch = make_rows(data, [[0, 1, 2]] + [[]] * 3, 48, loss_on_prompt=False)  # 4 rows
+    model_cfg, module = jaxlm_model(directory)
+    mesh, rules = mesh_and_rules((2, 2, 2))
+    params = load_sharded(directory, module, mesh, rules, batch["inputs"])
+    task = CausalLM(model_cfg)
+    with activate(mesh, rules):
+        _, sums = jax.jit(task.loss_sums)(params, {k: jnp.asarray(v) for k, v in batch.items()})
+    ours = float(sums["nll"]) / float(sums["weight"])
+    model = hf_model(directory, "GPT2LMHeadModel")
+    nll, count = 0.0, 0
+    for i in range(3):
+        ids = torch.tensor(data.ids[i][None].astype(np.int64))
+        labels = ids.clone()
+        labels[0, :int(data.prompt_lens[i])] = -100  # no loss on BOS + prompt
+        with torch.no_grad():
+            loss = model(ids, labels=labels).loss.item()
+        n = int((labels[0, 1:] != -100).sum())
+        nll, count = nll + loss * n, count + n
+    assert count == float(sums["weight"])
+    assert abs(ours - nll / count) <= 1e-5, (ours, nll / count)
