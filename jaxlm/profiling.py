@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
 import os
@@ -134,7 +135,8 @@ def measure_cpu_peak_flops() -> float:
     A measurement taken while other work shared the CPU reads low, and a low peak inflates
     MFU. So a cached figure is checked against a quick probe (one 2048² matmul per dtype,
     well under a second): when the probe beats it by more than :data:`PROBE_MARGIN`, the
-    plateau is measured again and the cache only ever moves up.
+    plateau is measured again and the cache only ever moves up (also when several processes
+    measure at once).
     """
     key = _cpu_fingerprint()
     path = cache_dir() / "cpu_peak_flops.json"
@@ -149,11 +151,27 @@ def measure_cpu_peak_flops() -> float:
         if probe <= known * PROBE_MARGIN:
             return float(known)
     peak = max(measure_matmul_plateau(), probe)
+    return _raise_cached(path, key, peak)
+
+
+def _raise_cached(path: Path, key: str, peak: float) -> float:
+    """Record ``peak`` under ``key`` unless the cache already holds a higher one (another
+    process may have written it since this one read: runs and test workers share the cache),
+    under a lock; returns the figure the cache holds now."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**cached, key: peak}, indent=1))
-        os.replace(tmp, path)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                cached = json.loads(path.read_text())
+            except (OSError, ValueError):
+                cached = {}
+            known = cached.get(key)
+            if isinstance(known, (int, float)) and known >= peak:
+                return float(known)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cached, key: peak}, indent=1))
+            os.replace(tmp, path)
     except OSError:
         pass  # an unwritable cache: measured again next time
     return peak

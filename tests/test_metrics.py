@@ -199,6 +199,16 @@ def test_a_peak_measured_under_load_is_raised_by_a_quicker_probe(tmp_path, monke
     rates["probe"] = 1e11 * profiling.PROBE_MARGIN * 1.5
     assert measure() == 3e11  # measured again, higher
     assert json.loads((tmp_path / "cpu_peak_flops.json").read_text())[key] == 3e11
+    # another process that recorded a higher figure while this one measured is not lowered
+    (tmp_path / "cpu_peak_flops.json").write_text(json.dumps({key: 1e11}))
+
+    def meanwhile() -> float:
+        (tmp_path / "cpu_peak_flops.json").write_text(json.dumps({key: 5e11}))
+        return 3e11
+
+    monkeypatch.setattr(profiling, "measure_matmul_plateau", meanwhile)
+    assert measure() == 5e11
+    assert json.loads((tmp_path / "cpu_peak_flops.json").read_text())[key] == 5e11
 
 
 def test_profile_steps_are_checked() -> None:
