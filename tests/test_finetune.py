@@ -62,6 +62,7 @@ def test_frozen_backbone_is_unchanged_and_head_learns(backbone, data, tmp_path, 
     jax.tree.map(np.testing.assert_array_equal, after, saved_backbone(backbone))
 
 
+@pytest.mark.slow
 def test_separable_task_is_learned(tmp_path, capsys):
     data = synthetic_dir(tmp_path / "data", n_train=256, n_eval=64)
     # The data is separable by construction, the tiny model from scratch is not perfect: test

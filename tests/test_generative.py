@@ -209,6 +209,7 @@ def test_conversations_render_to_a_prompt_and_the_last_assistant_turn(tokenizer,
         render(TALK, silent, "row 5")
 
 
+@pytest.mark.slow
 def test_a_chat_run_learns_its_assistant_turns_and_predict_takes_user_turns(backbone, tmp_path,
                                                                            capsys):
     rows = [{"messages": [{"role": "user", "content": r["prompt"]},
