@@ -81,6 +81,36 @@ def write_task(directory: Path, n_train: int = 240, n_eval: int = 24) -> Path:
     return directory
 
 
+FILLER_SENTENCES = ("It rained on the farm.", "The market opened early.", "Nobody came back.",
+                    "A cart stood by the gate.", "The trees were old.")
+
+
+def qa_task(n: int, seed: int, facts: int = 4) -> list[dict]:
+    """Extractive QA a tiny encoder learns: which colour the context gives the asked fruit."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        fruit = rng.sample(sorted(COLOUR), facts)
+        parts = [f"The {f} is {COLOUR[f]}." for f in fruit] + rng.sample(FILLER_SENTENCES, 2)
+        rng.shuffle(parts)
+        context = " ".join(parts)
+        asked = rng.choice(fruit)
+        sentence = f"The {asked} is {COLOUR[asked]}."
+        start = context.index(sentence) + len(f"The {asked} is ")
+        rows.append({"question": f"What colour is the {asked}?", "context": context,
+                     "answers": {"text": [COLOUR[asked]], "answer_start": [start]}})
+    return rows
+
+
+def write_qa(directory: Path, n_train: int = 320, n_eval: int = 32) -> Path:
+    """The QA task as train / validation / test jsonl files (question, context, answers)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("validation", n_eval, 1), ("test", n_eval, 2)):
+        (directory / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in qa_task(n, seed)))
+    return directory
+
+
 def finetune_args(run_dir: Path, backbone: Path | str, data: Path | str, *extra: str) -> list[str]:
     return ["finetune", f"finetune.backbone={backbone}", f"finetune.run_dir={run_dir}",
             f"finetune.data.path={data}", "finetune.epochs=1", "finetune.batch_size=8",

@@ -38,6 +38,11 @@ class LabeledDataConfig(Section):
     prompt_column: str = Field("prompt", description="problem=generate: the prompt text")
     completion_column: str = Field(
         "completion", description="problem=generate: the text the model learns to continue with")
+    question_column: str = Field("question", description="problem=span: the question")
+    context_column: str = Field("context", description="problem=span: the text to answer from")
+    answers_column: str = Field(
+        "answers", description="problem=span: SQuAD's {text: [...], answer_start: [...]}, a "
+        "list of answer strings, or one string")
     messages_column: str | None = Field(
         None, description="problem=generate: a column of chat conversations (lists of {role, "
         "content}) to learn the last assistant turn of, instead of prompt/completion")
@@ -82,8 +87,10 @@ class FinetuneConfig(OptimizerSettings):
     tokenizer: str | None = Field(
         None, description="None = the backbone's (recorded in the run's config.json)"
     )
-    problem: Literal["single_label", "multi_label", "regression", "token", "generate"] = Field(
-        "single_label", description="generate: prompt -> completion with a decoder's LM head")
+    problem: Literal["single_label", "multi_label", "regression", "token", "generate",
+                     "span"] = Field(
+        "single_label", description="generate: prompt -> completion with a decoder's LM head; "
+        "span: extractive question answering with an encoder")
     data: LabeledDataConfig = Field(default_factory=LabeledDataConfig)
     num_labels: int | None = Field(None, gt=0, description="None = from the data")
     pooling: Literal["cls", "mean", "last"] | None = Field(
@@ -130,6 +137,12 @@ class FinetuneConfig(OptimizerSettings):
     packing: bool = Field(
         True, description="generate: several examples per row (each its own segment); false "
         "= one example per row, padded")
+    doc_stride: int = Field(
+        64, ge=0, description="span: tokens shared by consecutive windows of a long context")
+    max_answer_length: int = Field(30, gt=0, description="span: tokens in a predicted answer")
+    missing_answers: Literal["skip", "refuse"] = Field(
+        "skip", description="span: an answer that does not occur in its context is counted "
+        "and skipped with a warning, or an error")
     early_stopping: int | None = Field(
         None, gt=0, description="stop after this many epochs without a better eval_metric"
     )
@@ -148,6 +161,12 @@ class FinetuneConfig(OptimizerSettings):
                 raise ValueError(f"finetune.eval_metric={self.eval_metric} scores generated "
                                  "completions, but finetune.eval_samples=0 generates none; "
                                  "set eval_samples > 0 or eval_metric=loss")
+            return self
+        if self.problem == "span":
+            self.eval_metric = self.eval_metric or "f1"
+            if self.eval_metric not in ("loss", "exact_match", "f1"):
+                raise ValueError(f"finetune.eval_metric={self.eval_metric} does not apply to "
+                                 "finetune.problem=span; use f1, exact_match or loss")
             return self
         if self.eval_metric in GENERATION_METRICS:
             raise ValueError(f"finetune.eval_metric={self.eval_metric} scores generated text: it "

@@ -1,7 +1,8 @@
 """``jaxlm finetune``: the objective ``finetune.problem`` names, run by epochs.
 
-``generate`` is :mod:`.generative` (prompt → completion with a decoder's LM head); every other
-problem is :mod:`.classify` (a fresh head on the backbone). Both run on
+``generate`` is :mod:`.generative` (prompt → completion with a decoder's LM head), ``span`` is
+:mod:`.extractive` (extractive QA with an encoder); every other problem is :mod:`.classify` (a
+fresh head on the backbone). Both run on
 :func:`jaxlm.finetune.epochs.run_epochs`, which runs the one trainer.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxlm.config import Config
-from jaxlm.finetune import generative
+from jaxlm.finetune import extractive, generative
 from jaxlm.finetune.classify import Classify
 from jaxlm.finetune.epochs import Objective, run_epochs
 from jaxlm.finetune.run import setup
@@ -20,6 +21,8 @@ def objective(cfg: Config) -> Objective:
     """The objective of ``cfg.finetune.problem``, its run and data built (see the modules)."""
     if cfg.finetune.problem == "generate":
         return generative.Generate(*generative.setup(cfg))
+    if cfg.finetune.problem == "span":
+        return extractive.Extract(*extractive.setup(cfg))
     return Classify(*setup(cfg))
 
 

@@ -15,23 +15,21 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm.checkpoint.export import load_params
 from jaxlm.config import from_dict
 from jaxlm.data.errors import DataError
 from jaxlm.data.inputs import read_lines
 from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
+from jaxlm.finetune.answer import Answerer
 from jaxlm.finetune.batching import batch_length, buckets, eval_plan, make_batch
 from jaxlm.finetune.complete import Completer
+from jaxlm.finetune.inference import Loaded
 from jaxlm.finetune.labeled import Encoded, _local_files, _read_local, encode, encode_texts
-from jaxlm.finetune.run import LABELS_FILE, best_step
+from jaxlm.finetune.run import LABELS_FILE
 from jaxlm.runtime.hardware import resolve_auto
-from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import Classification
 from jaxlm.tasks.classification import format_report
-from jaxlm.train.state import abstract_params
-from jaxlm.train.step import make_eval_step, make_predict_step
 from jaxlm.train.trainer import evaluate
 
 
@@ -52,20 +50,10 @@ class Predictor:
         self.max_length = f.max_length or cfg.data.seq_len  # (runs before the setting)
         self.task = Classification(cfg.model, len(names), problem, f.pooling, f.pooler,
                                    f.head_dropout)
-        self.n_dev = jax.device_count()
-        mcfg = cfg.model_copy(update={
-            "mesh": cfg.mesh.model_copy(update={"data": -1, "fsdp": 1, "tensor": 1}),
-            "train": cfg.train.model_copy(update={"global_batch": self.n_dev, "grad_accum": 1}),
-        })
-        self.mesh = make_mesh(mcfg)
-        rules = logical_rules(mcfg.mesh)
-        target = abstract_params(self.task, self.mesh, rules)  # on that mesh, not allocated
-        self.step = step if step is not None else best_step(run_dir, cfg)
-        self.params = load_params(run_dir / "checkpoints", target, step=self.step)
-        shardings = jax.tree.map(lambda x: x.sharding, target)
-        self.sharding = batch_sharding(self.mesh, rules)
-        self._predict = make_predict_step(self.task, shardings, self.sharding, self.mesh, rules)
-        self._eval = make_eval_step(self.task, shardings, self.sharding, self.mesh, rules)
+        loaded = Loaded.of(run_dir, cfg, self.task, step)
+        self.n_dev, self.mesh, self.step, self.params = (loaded.n_dev, loaded.mesh, loaded.step,
+                                                         loaded.params)
+        self.sharding, self._predict, self._eval = loaded.sharding, loaded.predict, loaded.eval
         self.sizes = buckets(self.max_length)
 
     @classmethod
@@ -75,9 +63,9 @@ class Predictor:
         if not path.is_dir():
             raise UserError(f"run directory {run_dir} does not exist")
         config_file, labels_file = path / "config.json", path / LABELS_FILE
-        if _saved_problem(config_file) == "generate":
-            raise UserError(f"{run_dir} is a generative run (finetune.problem=generate): load "
-                            "it with jaxlm.finetune.predict.load_run (or jaxlm.generate)")
+        if _saved_problem(config_file) in ("generate", "span"):
+            raise UserError(f"{run_dir} is a {_saved_problem(config_file)} run, not a "
+                            "classifier: load it with jaxlm.finetune.predict.load_run")
         if not labels_file.is_file():
             if config_file.is_file():
                 raise UserError(f"{run_dir} is a pretraining run: it has no classification "
@@ -175,12 +163,15 @@ def _saved_problem(config_file: Path) -> str | None:
         return None
 
 
-def load_run(run_dir: str | Path, step: int | None = None) -> Predictor | Completer:
+def load_run(run_dir: str | Path, step: int | None = None) -> Predictor | Completer | Answerer:
     """A fine-tuned run for ``jaxlm predict`` / ``evaluate``: a :class:`Predictor` for a
-    classifier, a :class:`~jaxlm.finetune.complete.Completer` for a generative run."""
+    classifier, a :class:`~jaxlm.finetune.complete.Completer` for a generative run, an
+    :class:`~jaxlm.finetune.answer.Answerer` for extractive QA."""
     path = Path(run_dir)
     config_file = path / "config.json"
-    if _saved_problem(config_file) == "generate":
+    problem = _saved_problem(config_file)
+    if problem in ("generate", "span"):
         cfg = from_dict(json.loads(config_file.read_text()), objective="finetune")
-        return Completer(path, cfg, step)
+        return Completer(path, cfg, step) if problem == "generate" else Answerer(
+            path, cfg, step)
     return Predictor.load(run_dir, step)
