@@ -72,13 +72,18 @@ def colour_task(n: int, seed: int) -> list[dict]:
             for f in (rng.choice(fruit) for _ in range(n))]
 
 
-def write_task(directory: Path, n_train: int = 240, n_eval: int = 24) -> Path:
-    """The colour task as train / validation / test jsonl files (prompt, completion)."""
+def write_splits(directory: Path, make, n_train: int, n_eval: int) -> Path:
+    """``make(n, seed)``'s rows as train / validation / test jsonl files (seeds 0, 1, 2)."""
     directory.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 0), ("validation", n_eval, 1), ("test", n_eval, 2)):
         (directory / f"{split}.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in colour_task(n, seed)))
+            "".join(json.dumps(r) + "\n" for r in make(n, seed)))
     return directory
+
+
+def write_task(directory: Path, n_train: int = 240, n_eval: int = 24) -> Path:
+    """The colour task as train / validation / test jsonl files (prompt, completion)."""
+    return write_splits(directory, colour_task, n_train, n_eval)
 
 
 FILLER_SENTENCES = ("It rained on the farm.", "The market opened early.", "Nobody came back.",
@@ -104,11 +109,7 @@ def qa_task(n: int, seed: int, facts: int = 4) -> list[dict]:
 
 def write_qa(directory: Path, n_train: int = 320, n_eval: int = 32) -> Path:
     """The QA task as train / validation / test jsonl files (question, context, answers)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", n_train, 0), ("validation", n_eval, 1), ("test", n_eval, 2)):
-        (directory / f"{split}.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in qa_task(n, seed)))
-    return directory
+    return write_splits(directory, qa_task, n_train, n_eval)
 
 
 def finetune_args(run_dir: Path, backbone: Path | str, data: Path | str, *extra: str) -> list[str]:
