@@ -2,7 +2,8 @@
 f32) for GPT-2, Llama with grouped-query attention and BERT; padded batches match their
 unpadded rows; a jaxlm export converted to HF loads in `transformers` with no missing or
 unexpected keys and gives the same logits; the completion-only loss of a packed row is
-`transformers`' loss with labels -100 on the prompts. Tiny random models, saved locally: no
+`transformers`' loss with labels -100 on the prompts, and the span head's start / end logits
+are `BertForQuestionAnswering`'s. Tiny random models, saved locally: no
 hub."""
 
 import json
@@ -28,10 +29,11 @@ from jaxlm.cli import main
 from jaxlm.config import LabeledDataConfig
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.finetune.completions import encode_completions, make_rows
+from jaxlm.models import Backbone
 from jaxlm.sharding import activate
-from jaxlm.tasks import CausalLM
+from jaxlm.tasks import CausalLM, SpanExtraction
 
-torch, _ = need_torch()
+torch, transformers = need_torch()
 
 TOKENS = np.random.default_rng(0).integers(5, 60, (2, 16)).astype(np.int32)
 CASES = {  # name: (family, HF class, config overrides)
@@ -189,3 +191,30 @@ def test_completion_only_loss_of_a_packed_row_matches_transformers_labels(tiny):
         nll, count = nll + loss * n, count + n
     assert count == float(sums["weight"])
     assert abs(ours - nll / count) <= 1e-5, (ours, nll / count)
+
+
+def test_span_head_logits_match_bert_for_question_answering(tmp_path):
+    """A BERT backbone imported from Hugging Face with the span head set to
+    ``BertForQuestionAnswering``'s ``qa_outputs`` gives its start / end logits (f32)."""
+    directory = save_tiny("bert", tmp_path / "qa", model_class=transformers.BertModel)
+    reference = hf_model(directory, "BertForQuestionAnswering")  # (a fresh qa_outputs)
+    tokens = TOKENS[:, :12]
+    types = np.zeros_like(tokens)
+    types[:, 6:] = 1  # question, then context
+    with torch.no_grad():
+        out = reference(torch.tensor(tokens, dtype=torch.long),
+                        token_type_ids=torch.tensor(types, dtype=torch.long))
+    model_cfg, _ = jaxlm_model(directory)
+    task = SpanExtraction(model_cfg, dropout=0.0)
+    mesh, rules = mesh_and_rules((2, 2, 2))
+    backbone = load_sharded(directory, Backbone(model_cfg), mesh, rules, tokens, "backbone")
+    qa = reference.qa_outputs
+    params = {"backbone": backbone, "head": {"classifier": {
+        "kernel": jnp.asarray(qa.weight.detach().numpy().T), "bias":
+        jnp.asarray(qa.bias.detach().numpy())}}}
+    batch = {"inputs": tokens, "segment_ids": np.ones_like(tokens), "token_types": types,
+             "span_mask": np.ones_like(tokens)}
+    with activate(mesh, rules):
+        logits = np.asarray(jax.jit(task.logits)(params, batch))  # (B, L, 2)
+    np.testing.assert_allclose(logits[..., 0], out.start_logits.numpy(), atol=TOL)
+    np.testing.assert_allclose(logits[..., 1], out.end_logits.numpy(), atol=TOL)
