@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from finetunehelpers import ROOT, finetune_args, synthetic_dir
+from finetunehelpers import ROOT, finetune_args, synthetic_dir, write_task
 
 pytestmark = pytest.mark.slow
 
@@ -19,11 +19,17 @@ def metrics(run_dir):
             [r["eval/loss"] for r in rows if "eval/loss" in r])
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("problem", ["single_label", "generate"])
+def test_two_processes_match_one(problem, tmp_path):
     data = synthetic_dir(tmp_path / "data", n_train=48, n_eval=16)
+    extra = ["finetune.head_dropout=0.0"]
+    if problem == "generate":  # packed colour-task rows; validation completions generated too
+        data = write_task(tmp_path / "gen", 48, 16)
+        extra = ["finetune.problem=generate", "finetune.max_length=12", "data.seq_len=12",
+                 "model.max_seq_len=12", "finetune.eval_samples=8"]
     overrides = finetune_args(tmp_path / "x", "none", data, "model.d_model=32",
                               "model.n_layers=1", "model.n_heads=2", "model.dtype=float32",
-                              "finetune.head_dropout=0.0", "logging.every=1",
+                              *extra, "logging.every=1",
                               "mesh.fsdp=2", "logging.tensorboard=false")[1:-1]
     overrides = [o for o in overrides if not o.startswith("finetune.run_dir=")]
     env = {**os.environ, "JAXLM": f"{sys.executable} -m jaxlm.cli", "PYTHON": sys.executable}
@@ -40,7 +46,13 @@ def test_two_processes_match_one(tmp_path):
         timeout=900)
     assert one.returncode == 0, one.stderr[-3000:]
     (l2, e2), (l1, e1) = metrics(tmp_path / "two"), metrics(tmp_path / "one")
-    assert sorted(l1) == sorted(l2) == list(range(1, 7))
+    assert sorted(l1) == sorted(l2) == list(range(1, max(l1) + 1))
+    assert max(l1) >= 6
     for step in l1:
         assert l2[step] == pytest.approx(l1[step], rel=1e-5)
     assert e2 == pytest.approx(e1, rel=1e-5)
+    if problem == "generate":  # the same completions, generated on either mesh
+        two_report, one_report = (json.loads((tmp_path / d / "report.json").read_text())
+                                  for d in ("two", "one"))
+        assert two_report["predictions"] == one_report["predictions"]
+        assert len(one_report["predictions"]) == 16
