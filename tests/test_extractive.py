@@ -4,6 +4,7 @@ missing answers are skipped or refused, and an encoder learns the task from the 
 
 import json
 import warnings
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -11,9 +12,11 @@ import pytest
 from finetunehelpers import last_json, qa_task, write_qa
 
 from jaxlm.cli import main
-from jaxlm.config import LabeledDataConfig
+from jaxlm.config import LabeledDataConfig, load_config
 from jaxlm.data.errors import DataError, DataWarning
 from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.finetune.completions import encode_completions
+from jaxlm.finetune.labeled import load_splits
 from jaxlm.finetune.spans import best_spans, encode_spans, make_span_batch
 
 CONTEXT = ("The trees were old. The grape is purple. A cart stood by the gate. The mango is "
@@ -123,3 +126,22 @@ def test_span_of_a_decoder_is_refused(tmp_path, capsys):
                  "logging.progress=false"])
     err = capsys.readouterr().err
     assert code == 2 and "needs an encoder backbone" in err and "Traceback" not in err
+
+
+def test_the_shipped_demos_load_whole_and_their_presets_parse(tokenizer):
+    """demo:docstring_qa (span) and demo:docstrings (generate): >= 1,000 examples, every
+    answer found in its context, every completion non-empty; the finetune presets load."""
+    qa = load_splits(LabeledDataConfig(path="demo:docstring_qa"), 0)
+    total = 0
+    for split, ds in (("train", qa.train), ("validation", qa.validation), ("test", qa.test)):
+        data = encode_spans(ds, split, qa.origin[split], tokenizer, LabeledDataConfig(), 128, 32,
+                            missing="refuse")
+        assert data.skipped == 0
+        total += len(data.questions)
+    assert total >= 1000
+    summaries = load_splits(LabeledDataConfig(path="demo:docstrings"), 0)
+    assert len(summaries.train) + len(summaries.validation) + len(summaries.test) >= 1000
+    encode_completions(summaries.test, "test", "demo", tokenizer, LabeledDataConfig(), 128)
+    for preset in sorted((Path(__file__).parents[1] / "configs" / "finetune").glob("*.yaml")):
+        cfg = load_config(preset)
+        assert cfg.finetune.problem in ("single_label", "generate", "span"), preset

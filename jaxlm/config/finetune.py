@@ -26,7 +26,8 @@ class LabeledDataConfig(Section):
     """
 
     path: str = Field("demo", description="demo (fortunes, classification) | demo:docstrings "
-                      "(summaries, generate) | local dir/file/glob | hub dataset name")
+                      "(summaries, generate) | demo:docstring_qa (span) | local dir/file/glob "
+                      "| hub dataset name")
     name: str | None = Field(None, description="hub dataset config name")
     train: str = Field("train", description="hub split name of the training data")
     validation: str | None = Field(None, description="local file or hub split; None = find")

@@ -37,12 +37,14 @@ LABELED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".jsonl.gz", 
                     ".csv.gz")
 
 
-DEMOS = {"demo": "demo", "demo:docstrings": "docstrings"}  # finetune.data.path -> assets/
+DEMOS = {"demo": "demo", "demo:docstrings": "docstrings",  # finetune.data.path -> assets/
+         "demo:docstring_qa": "docstring_qa"}
 
 
 def demo_dir(name: str = "demo") -> str:
     """An embedded demo task (see its PROVENANCE.md): ``demo``, fortunes by category
-    (classification); ``demo:docstrings``, a docstring's body -> its summary line (generate)."""
+    (classification); ``demo:docstrings``, a docstring's body -> its summary line (generate);
+    ``demo:docstring_qa``, questions answered by a span of a docstring (span)."""
     return str(resources.files("jaxlm") / "assets" / DEMOS[name])
 
 
