@@ -68,6 +68,7 @@ from jaxlm.checkpoint.manager import (
 from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import Config
 from jaxlm.errors import TrainingError
+from jaxlm.models.trainable import Trainable, join, split, trained_part
 from jaxlm.runtime import quiet
 from jaxlm.runtime.distributed import PEER_LOST, lost_peer
 from jaxlm.runtime.process_log import log_only
@@ -92,11 +93,15 @@ class Checkpointer:
 
     def __init__(self, cfg: Config, tokenizer: Any, log: Callable[[str], None] = print, *,
                  run_dir: str | Path | None = None, tokenizer_name: str | None = None,
-                 best: tuple[str, bool] | None = None, compat_keys: tuple[str, ...] = ()) -> None:
+                 best: tuple[str, bool] | None = None, compat_keys: tuple[str, ...] = (),
+                 trainable: Trainable | None = None) -> None:
         """``run_dir``: the run's directory (default ``train.run_dir``); ``tokenizer_name``:
         how the run names its tokenizer (default ``data.tokenizer``); ``best = (metric,
-        higher_is_better)``: keep and track the best checkpoint by that metric."""
+        higher_is_better)``: keep and track the best checkpoint by that metric;
+        ``trainable``: only those parameters are saved and restored (the frozen rest is the
+        backbone's, read back from it: see :func:`jaxlm.checkpoint.export.load_params`)."""
         self.cfg, self.ccfg, self.log = cfg, cfg.checkpoint, log
+        self.trainable = trainable
         self.compat_keys = compat_keys
         self.directory = checkpoint_dir(run_dir if run_dir is not None else cfg.train.run_dir)
         self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
@@ -123,6 +128,12 @@ class Checkpointer:
         if unfinished:
             self._warn(f"discarded {len(unfinished)} unfinished save(s) in {self.directory} "
                        f"({', '.join(unfinished)}): saves that were interrupted or failed")
+
+    def _saved(self, state: Any) -> dict[str, Any]:
+        """What is saved of a train state (or of its shardings): all of it, but only the
+        trained parameters."""
+        tree = state_tree(state)
+        return {**tree, "params": trained_part(tree["params"], self.trainable)}
 
     def _note(self, text: str) -> None:
         """Orbax's report of a failed save: to the process log, not the terminal (the
@@ -171,7 +182,7 @@ class Checkpointer:
         checkpoint lacks are None; ``(state, None, None)`` when starting afresh."""
         manager, steps, own = self._source()
         reader = SavedRun(manager.directory, manager=manager)
-        target = abstract_like(state_tree(state), state_tree(shardings))
+        target = abstract_like(self._saved(state), self._saved(shardings))
         for i, step in enumerate(steps):
             where = reader.directory / str(step)
             problem = gather_json(reader.check(step) if jax.process_index() == 0 else None)[0]
@@ -204,7 +215,9 @@ class Checkpointer:
             if progress is None and data is not None and "history" in (data.get("states")
                                                                      or [{}])[0]:
                 progress, data = data["states"][0], None  # fine-tuning before the item
-            return state.replace(**out.state), data, progress
+            restored = {**out.state, "params": join(out.state["params"],
+                                                    split(state.params, self.trainable)[1])}
+            return state.replace(**restored), data, progress
         if steps:
             raise CheckpointError(f"no readable checkpoint in {manager.directory} (tried steps "
                                   f"{', '.join(map(str, steps))}); use checkpoint.resume=never "
@@ -292,7 +305,7 @@ class Checkpointer:
         if progress is not None:
             items["progress"] = ocp.args.JsonSave(progress)
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state_tree(state)), **items,
+            state=ocp.args.StandardSave(self._saved(state)), **items,
             config=ocp.args.JsonSave(self.cfg.to_dict()),
             tokenizer=ocp.args.JsonSave(self.tokenizer_ref))
         try:

@@ -19,7 +19,7 @@ from jaxlm.errors import UserError
 
 # Model fields that change how the model is computed (or where its first weights came
 # from) but not what its parameters are.
-RUNTIME_MODEL_FIELDS = frozenset({"attention", "dtype", "remat", "dropout", "init_from"})
+RUNTIME_MODEL_FIELDS = frozenset({"attention", "dtype", "remat", "dropout", "init_from", "lora"})
 MAX_LISTED = 8  # differences named in one error message
 
 

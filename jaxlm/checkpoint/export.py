@@ -21,11 +21,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm.checkpoint.compat import CheckpointError, describe_mismatch, locate, mismatches
+from jaxlm.checkpoint.compat import (
+    CheckpointError,
+    describe_mismatch,
+    flat_shapes,
+    locate,
+    mismatches,
+)
+from jaxlm.checkpoint.frozen import read_params
 from jaxlm.checkpoint.reader import SavedRun, tokenizer_name
+from jaxlm.config import LoraConfig
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.hf import is_hf_dir
 from jaxlm.hf.load import load_hf_params
+from jaxlm.models.lora import is_adapter
 
 WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "bfloat16")
@@ -65,11 +74,13 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
             raise CheckpointError(f"export directory {out} is not empty ({held}); pass "
                                   "--overwrite to replace its contents, or choose another "
                                   "directory")
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                              run.param_metadata(step))
-        params = run.params(step, target)
         config = run.config(step)
+        shapes = merged_shapes(run, step, config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = _unflatten({k: jax.ShapeDtypeStruct(shape, np.float32, sharding=device)
+                         for k, shape in shapes.items()})
+    params = load_params(directory, target, step=step)  # adapters merged, frozen part read
+    config = merged_config(config)
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
     flat = {k: np.asarray(v).astype(np_dtype) for k, v in _flat_arrays(params).items()}
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +90,33 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _copy_tokenizer(tokenizer_name(config), out)
     return out / WEIGHTS
+
+
+def merged_shapes(run: SavedRun, step: int, config: dict[str, Any]) -> dict[str, tuple]:
+    """Path → shape of every parameter of ``step``'s model with any LoRA adapters merged:
+    the saved ones but the adapters, and the frozen subtrees (``finetune.frozen``) as its
+    base holds them."""
+    from jaxlm.checkpoint.pretrained import resolve_pretrained, saved_shapes  # (imports this)
+
+    shapes = {k: s for k, s in flat_shapes(run.param_metadata(step)).items()
+              if not is_adapter(k)}
+    f = config.get("finetune") or {}
+    if f.get("frozen") and f.get("base"):
+        base = saved_shapes(resolve_pretrained(f["base"], "finetune.base (of the run)"))
+        shapes.update({k: s for k, s in base.items()
+                       if k.split("/")[0] in f["frozen"] and not is_adapter(k)})
+    return shapes
+
+
+def merged_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as an export with merged adapters records it: no LoRA, nothing
+    frozen (its weights stand alone)."""
+    config = json.loads(json.dumps(config))
+    if "model" in config:
+        config["model"]["lora"] = LoraConfig().model_dump()
+    if "finetune" in config:
+        config["finetune"].update(frozen=None, base=None)
+    return config
 
 
 def _name(keypath: Any) -> str:
@@ -156,5 +194,5 @@ def load_params(path: str | Path, abstract_params: Any, step: int | None = None,
         return _load_export(Path(path), abstract_params, subtree)
     directory, found = locate(path)
     with SavedRun(directory) as run:
-        return run.params(run.step(step if step is not None else found), abstract_params,
-                          subtree)
+        return read_params(run, run.step(step if step is not None else found),
+                           abstract_params, subtree, load_params)

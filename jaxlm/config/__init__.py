@@ -18,6 +18,7 @@ from jaxlm.config.runtime import (
     MeshConfig,
 )
 from jaxlm.config.schema import Config, DataConfig, ModelConfig, SourceConfig, TrainConfig
+from jaxlm.config.section import LoraConfig
 
 __all__ = [
     "DEFAULT_RULES",
@@ -29,6 +30,7 @@ __all__ = [
     "FinetuneConfig",
     "LabeledDataConfig",
     "LoggingConfig",
+    "LoraConfig",
     "MeshConfig",
     "ModelConfig",
     "SourceConfig",

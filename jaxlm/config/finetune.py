@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jaxlm.config.section import OptimizerSettings, Section
+from jaxlm.config.section import LoraConfig, OptimizerSettings, Section
 
 
 class LabeledDataConfig(Section):
@@ -112,6 +112,14 @@ class FinetuneConfig(OptimizerSettings):
         "decay^(N+1); 1 = off",
     )
     freeze_backbone: bool = Field(False, description="train the head only")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    frozen: list[str] | None = Field(
+        None, description="resolved at set-up, recorded in config.json: the parameter subtrees "
+        "taken from the backbone and left untrained (LoRA, freeze_backbone), which the run's "
+        "checkpoints leave out and readers load from finetune.base")
+    base: str | None = Field(
+        None, description="resolved at set-up with `frozen`: the backbone checkpoint, export or "
+        "Hugging Face directory those subtrees are read from")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     eval_metric: Literal["accuracy", "macro_f1", "loss", "mae", "exact_match", "f1", "rouge_l",
                          "chrf", "bleu"] | None = Field(
@@ -152,6 +160,13 @@ class FinetuneConfig(OptimizerSettings):
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         regression = self.problem == "regression"
+        if (self.lora.rank or self.freeze_backbone) and (self.from_scratch
+                                                         or self.backbone == "none"):
+            what = "finetune.lora.rank" if self.lora.rank else "finetune.freeze_backbone"
+            raise ValueError(f"{what} keeps the backbone frozen, but "
+                             + ("finetune.from_scratch=true" if self.from_scratch else
+                                "finetune.backbone=none") + " gives it random weights; use "
+                             "a pretrained backbone, or train every parameter")
         generation = ("loss", *GENERATION_METRICS)
         if self.problem == "generate":
             self.eval_metric = self.eval_metric or "loss"

@@ -66,8 +66,8 @@ def _is_text_field(parts: list[str]) -> bool:
     whose value is taken as written rather than parsed as YAML (``ROMEO:``, ``,``)."""
     section = _section_at(tuple(p for p in parts[:-1] if not p.isdigit()))
     field = section.model_fields.get(parts[-1]) if section is not None else None
-    if field is None:
-        return False
+    if field is None or getattr(field.annotation, "__origin__", None) in (list, dict):
+        return False  # (list[str]'s __args__ are its items' types)
     kinds = set(getattr(field.annotation, "__args__", (field.annotation,)))
     return str in kinds and not kinds & {int, float, bool} and not any(
         getattr(k, "__origin__", None) in (list, dict) for k in kinds)

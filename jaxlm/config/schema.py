@@ -23,7 +23,7 @@ from jaxlm.config.runtime import (
     LoggingConfig,
     MeshConfig,
 )
-from jaxlm.config.section import OptimizerSettings, Section
+from jaxlm.config.section import LoraConfig, OptimizerSettings, Section
 
 # ----------------------------------------------------------------------------------- model
 
@@ -99,6 +99,9 @@ class ModelConfig(Section):
         "n_layers), as GPT-2 and nanoGPT (measured in BENCHMARKS.md)")
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = False
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="adapters beside the backbone's dense layers "
+        "(set from finetune.lora by a fine-tuning run; rank 0 = none)")
     init_from: str | None = Field(
         None, description="jaxlm train: a run, checkpoint, export or Hugging Face model dir; "
         "a fresh run takes its architecture, weights and tokenizer (a resumed run its own)")

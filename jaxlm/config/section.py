@@ -1,5 +1,7 @@
 """The base of every config section: unknown keys are errors, so a typo is caught at once."""
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -20,3 +22,20 @@ class OptimizerSettings(Section):
     b2: float = Field(0.95, gt=0.0, lt=1.0, description="AdamW second-moment decay")
     eps: float = Field(1e-8, gt=0.0)
     clip_norm: float | None = Field(1.0, gt=0.0, description="global-norm clipping; None = off")
+
+
+class LoraConfig(Section):
+    """LoRA adapters (``finetune.lora``; the run records them as ``model.lora``): a rank-r
+    update ``(alpha/r)·A·B`` beside each targeted dense layer of the backbone, which stays
+    frozen. ``rank: 0`` = off (every parameter trains)."""
+
+    rank: int = Field(0, ge=0, description="adapter rank r; 0 = no LoRA")
+    alpha: float = Field(16.0, gt=0.0, description="the update is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on the adapter's input")
+    targets: list[str] = Field(
+        default_factory=lambda: ["attention"], min_length=1,
+        description="dense layers to adapt: 'attention' (query, key, value, out), 'mlp' (fc, "
+        "gate, up, proj), a layer name, or a glob over parameter paths "
+        "(backbone/block_0/attn/query)")
+    base_dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="storage dtype of the frozen backbone; None = model.param_dtype")

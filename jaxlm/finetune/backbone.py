@@ -27,11 +27,14 @@ from jaxlm.checkpoint.pretrained import (
     resolve_pretrained,
     saved_shapes,
 )
-from jaxlm.config import Config, ModelConfig
+from jaxlm.config import Config, LoraConfig, ModelConfig
+from jaxlm.models.lora import is_adapter
+from jaxlm.models.trainable import Trainable, join, split
 
 BackboneSource = Pretrained  # a resolved finetune.backbone
 SETTING = "finetune.backbone"
 POOLER = "head/pooler/"
+ADAPTERS = Trainable(is_adapter)  # split(params, ADAPTERS) = (adapters, the rest)
 __all__ = ["ARCH_EXEMPT", "BackboneSource", "backbone_model_config", "head_report",
            "load_backbone", "resolve_backbone"]
 
@@ -58,9 +61,8 @@ def load_backbone(source: BackboneSource, params: Any, shardings: Any,
     """``params`` (the fresh model's) with the saved backbone placed as ``shardings`` say —
     and the saved BERT pooler when ``pooler`` and the source has one — and the one-screen
     report of what was loaded and what was left out."""
-    target = abstract_like(params["backbone"], shardings["backbone"])
-    params = {**params, "backbone": load_params(source.path, target, step=source.step,
-                                                subtree="backbone")}
+    params = {**params, "backbone": load_base(source, params["backbone"],
+                                              shardings["backbone"], subtree="backbone")}
     saved = saved_shapes(source)
     n = sum(int(np.prod(s)) for k, s in saved.items() if k.startswith("backbone/"))
     tensors = sum(1 for k in saved if k.startswith("backbone/"))
@@ -81,6 +83,26 @@ def load_backbone(source: BackboneSource, params: Any, shardings: Any,
         lines.append(f"dropped pretraining head: {listed}{more}")
     lines.append(head_report(params, skip=loaded))
     return params, "\n".join(lines)
+
+
+def load_base(source: BackboneSource, params: Any, shardings: Any,
+              subtree: str | None = None) -> Any:
+    """``params`` with every weight but the LoRA adapters read from ``source`` (its
+    ``subtree``), placed as ``shardings`` say; the adapters keep their initialisation."""
+    adapters, base = split(params, ADAPTERS)
+    target = abstract_like(base, split(shardings, ADAPTERS)[1])
+    return join(adapters, load_params(source.path, target, step=source.step, subtree=subtree))
+
+
+def adapter_report(params: Any, lora: LoraConfig) -> str | None:
+    """One line on the fresh LoRA adapters (None without LoRA)."""
+    adapters = split(params, ADAPTERS)[0]
+    leaves = jax.tree.leaves(adapters)
+    if not leaves:
+        return None
+    n, total = sum(int(x.size) for x in leaves), sum(int(x.size) for x in jax.tree.leaves(params))
+    return (f"initialised LoRA adapters: {len(leaves) // 2} layers, rank {lora.rank}, alpha "
+            f"{lora.alpha:g}, {n / 1e6:.3f}M params ({100 * n / total:.2f}% of the model)")
 
 
 def head_report(params: Any, skip: str | tuple[str, ...] = "backbone/") -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.finetune.backbone import head_report, load_backbone
+from jaxlm.finetune.backbone import adapter_report, head_report, load_backbone
 from jaxlm.finetune.batching import train_plan
 from jaxlm.finetune.run import Labeled, evaluate, write_labels
 from jaxlm.models import param_count
@@ -24,7 +24,8 @@ from jaxlm.train.trainer import Fed, Run
 def initial_state(run: Run, data: Labeled) -> TrainState:
     """A fresh train state: a new head, and the backbone loaded unless from scratch/none."""
     f = run.cfg.finetune
-    state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed)
+    state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
+                                  trainable=run.trainable)
     if data.source.kind == "none" or f.from_scratch:
         why = "finetune.from_scratch" if f.from_scratch else "finetune.backbone=none"
         run.log(f"backbone: random initialisation ({why}), architecture of "
@@ -35,6 +36,9 @@ def initial_state(run: Run, data: Labeled) -> TrainState:
                                        pooler=f.pooler)
         state = state.replace(params=params)
         run.log(report)  # ends with the head report
+        adapters = adapter_report(params, f.lora)
+        if adapters:
+            run.log(adapters)
     return state
 
 

@@ -26,6 +26,7 @@ from jaxlm.checkpoint.checkpointer import Checkpointer, abstract_like
 from jaxlm.checkpoint.export import load_params
 from jaxlm.finetune.run import COMPAT_KEYS, HIGHER_IS_BETTER
 from jaxlm.metrics import MetricsWriter
+from jaxlm.models.trainable import join, split, trained_part
 from jaxlm.runtime.runlock import RunLock
 from jaxlm.train.state import TrainState, is_abstract
 from jaxlm.train.trainer import Eval, Fed, Run, Verdict, Window, fit, open_writer, write_config
@@ -107,12 +108,16 @@ def _run_epochs(objective: Objective) -> dict[str, Any]:
     metric = f.eval_metric
     ckpt = Checkpointer(cfg, run.tokenizer, log=run.log, run_dir=f.run_dir,
                         tokenizer_name=f.tokenizer, best=(metric, HIGHER_IS_BETTER[metric]),
-                        compat_keys=COMPAT_KEYS)
+                        compat_keys=COMPAT_KEYS, trainable=run.trainable)
     run.state, _, saved = ckpt.restore(run.state, run.shardings)
     progress = {"best": None, "bad_epochs": 0, "history": []}
     progress.update({k: saved[k] for k in progress if saved and k in saved})
     if is_abstract(run.state):
         run.state = objective.initial_state()
+    elif run.trainable is not None:  # resumed: checkpoints hold the trained part only
+        frozen = split(objective.initial_state().params, run.trainable)[1]
+        run.state = run.state.replace(params=join(trained_part(run.state.params,
+                                                               run.trainable), frozen))
     objective.prepare()
     write_config(run)
     writer = open_writer(run)

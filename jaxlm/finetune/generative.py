@@ -20,12 +20,10 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
-from jaxlm.checkpoint.checkpointer import abstract_like
-from jaxlm.checkpoint.export import load_params
 from jaxlm.config import Config, ConfigError
 from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import special_ids
-from jaxlm.finetune.backbone import BackboneSource
+from jaxlm.finetune.backbone import BackboneSource, adapter_report, load_base
 from jaxlm.finetune.batching import bucket_of, buckets, local_rows
 from jaxlm.finetune.chat import template_of
 from jaxlm.finetune.completions import (
@@ -121,16 +119,19 @@ class Generate:
     def initial_state(self) -> TrainState:
         """The backbone's whole language model (LM head included), or a random one."""
         run, f, source = self.run, self.run.cfg.finetune, self.data.source
-        state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed)
+        state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
+                                      trainable=run.trainable)
         if source.kind == "none" or f.from_scratch:
             why = "finetune.from_scratch" if f.from_scratch else "finetune.backbone=none"
             run.log(f"language model: random initialisation ({why}), architecture of "
                     f"{source.describe()}")
             return state
-        target = abstract_like(state.params, run.shardings.params)
-        params = load_params(source.path, target, step=source.step)
+        params = load_base(source, state.params, run.shardings.params)
         run.log(f"loaded  language model: {param_count(run.cfg.model) / 1e6:.2f}M params "
                 f"(LM head included) from {source.describe()}")
+        adapters = adapter_report(params, f.lora)
+        if adapters:
+            run.log(adapters)
         return state.replace(params=params)
 
     def prepare(self) -> None:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxlm.checkpoint.compat import CheckpointError
+from jaxlm.checkpoint.compat import CheckpointError, flat_shapes
 from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import Config, FinetuneConfig, ModelConfig
 from jaxlm.config.finetune import GENERATION_METRICS
@@ -36,6 +36,8 @@ from jaxlm.finetune.batching import (
     steps_per_epoch,
 )
 from jaxlm.finetune.labeled import Encoded, encode, label_names, load_splits
+from jaxlm.models import lora
+from jaxlm.models.trainable import Trainable, split, trained_part
 from jaxlm.runtime.distributed import start as start_process
 from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
@@ -52,7 +54,8 @@ HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False, "mae": Fa
                     **dict.fromkeys(GENERATION_METRICS, True)}
 # Settings that make a fine-tuning checkpoint unusable for another run (beyond the model).
 COMPAT_KEYS = ("finetune.problem", "finetune.pooling", "finetune.pooler", "finetune.data",
-               "finetune.epochs", "finetune.seed", "finetune.batch_size", "finetune.max_length")
+               "finetune.epochs", "finetune.seed", "finetune.batch_size", "finetune.max_length",
+               "finetune.lora", "finetune.freeze_backbone", "finetune.base")
 
 
 @dataclasses.dataclass
@@ -101,6 +104,7 @@ def resolve(cfg: Config) -> Backbone:
     f = cfg.finetune
     source = resolve_backbone(cfg)
     model_cfg = resolve_auto(backbone_model_config(source, cfg))  # auto: for this machine
+    model_cfg = model_cfg.model_copy(update={"lora": f.lora})  # adapters: this run's own
     tokenizer_name = f.tokenizer or source.tokenizer
     tokenizer = load_tokenizer(tokenizer_name)
     check_vocab(tokenizer, model_cfg.vocab_size)
@@ -108,25 +112,56 @@ def resolve(cfg: Config) -> Backbone:
     return Backbone(source, model_cfg, tokenizer, tokenizer_name, max_len)
 
 
+def trainable_of(f: FinetuneConfig) -> Trainable | None:
+    """Which parameters the run trains: with LoRA the adapters and the task head (the
+    backbone, and a decoder's LM head, stay frozen); with ``freeze_backbone`` all but the
+    backbone; otherwise all (None)."""
+    if f.lora.rank:
+        return Trainable(lambda p: lora.is_adapter(p) or p.split("/")[0] == "head",
+                         f.lora.base_dtype)
+    if f.freeze_backbone:
+        return Trainable(lambda p: p.split("/")[0] != "backbone")
+    return None
+
+
+def base_of(source: BackboneSource) -> str:
+    """Where a run's frozen parameters are read back from: the backbone's exact checkpoint
+    step (a run that goes on training later must not change them), export or directory."""
+    path = Path(source.path).absolute()
+    return str(path / str(source.step)) if source.kind == "checkpoint" else str(path)
+
+
 def build_run(cfg: Config, backbone: Backbone, task: Task, total: int,
               devices: list[Any] | None = None, **resolved: Any) -> Run:
     """The run of ``task`` for ``total`` steps on the mesh: optimizer, abstract state, jitted
     steps. ``resolved``: ``finetune.*`` values decided at set-up, recorded in the run's
-    config.json with the backbone's model and tokenizer (what later verbs read back)."""
+    config.json with the backbone's model and tokenizer (what later verbs read back) — among
+    them which parameter subtrees stay frozen and the backbone they are read from."""
+    trainable = trainable_of(cfg.finetune)
+    abstract_params = jax.eval_shape(lambda r: nn.unbox(task.init(r)), jax.random.PRNGKey(0))
+    if cfg.finetune.lora.rank:
+        shapes = flat_shapes(abstract_params)
+        lora.check_targets(shapes, cfg.finetune.lora)
+        lora.check_rank(shapes, cfg.finetune.lora)
+    if trainable is not None:
+        frozen = sorted(split(abstract_params, trainable)[1])
+        resolved.update(frozen=frozen, base=base_of(backbone.source))
     f = cfg.finetune.model_copy(update={"tokenizer": backbone.tokenizer_name,
                                         "max_length": backbone.max_length, **resolved})
     cfg = cfg.model_copy(update={"model": backbone.model, "finetune": f})
     mesh = make_mesh(cfg, devices, batch=("finetune.batch_size", f.batch_size))
     rules = logical_rules(cfg.mesh)
-    abstract_params = jax.eval_shape(lambda r: nn.unbox(task.init(r)), jax.random.PRNGKey(0))
-    tx, schedule = make_finetune_optimizer(f, total, backbone.model.n_layers, abstract_params)
-    state, shardings = create_train_state(task, tx, mesh, rules, f.seed, abstract=True)
+    tx, schedule = make_finetune_optimizer(f, total, backbone.model.n_layers,
+                                           trained_part(abstract_params, trainable))
+    state, shardings = create_train_state(task, tx, mesh, rules, f.seed, abstract=True,
+                                          trainable=trainable)
     bs = batch_sharding(mesh, rules)
-    step_fn = make_train_step(task, tx, schedule, spike_factor=cfg.train.spike_factor)
+    step_fn = make_train_step(task, tx, schedule, spike_factor=cfg.train.spike_factor,
+                              trainable=trainable)
     train_step = jit_train_step(step_fn, shardings, bs, mesh, rules)
     eval_step = make_eval_step(task, shardings.params, bs, mesh, rules)
     return Run(cfg, settings(f, total), mesh, rules, task, tx, schedule, state, shardings, bs,
-               train_step, eval_step, backbone.tokenizer)
+               train_step, eval_step, backbone.tokenizer, trainable)
 
 
 def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.config import LoraConfig
 from jaxlm.models.layers import apply_rope, dense, einsum_f32
 
 Impl = Literal["xla", "dot_product", "cudnn"]
@@ -150,6 +151,7 @@ class MultiHeadAttention(nn.Module):
     out_init_std: float = 0.02  # the output projection's (it writes into the residual stream)
     dtype: str = "float32"
     param_dtype: str = "float32"
+    lora: LoraConfig | None = None  # adapters on the projections it targets (models/lora.py)
 
     @nn.compact
     def __call__(
@@ -164,7 +166,8 @@ class MultiHeadAttention(nn.Module):
         d_model = q_in.shape[-1]
         h, hkv = self.num_heads, self.num_kv_heads or self.num_heads
         dh = d_model // h
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype, "use_bias": self.use_bias}
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype, "use_bias": self.use_bias,
+              "lora": self.lora}
         dt = jnp.dtype(self.dtype)
         q = dense((h, dh), ("embed", "heads", "head_dim"), name="query", **kw)(q_in).astype(
             dt

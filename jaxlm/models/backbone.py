@@ -54,6 +54,7 @@ class Block(nn.Module):
             out_init_std=residual_std(cfg),
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
+            lora=cfg.lora,
             name="attn",
         )
         drop = nn.Dropout(cfg.dropout)

@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.config import ModelConfig
+from jaxlm.config import LoraConfig, ModelConfig
+from jaxlm.models import lora as lora_lib
 from jaxlm.models.matmul import contract
 
 
@@ -35,7 +36,8 @@ class Dense(nn.Module):
 
     The kernel has shape ``in_shape + features`` and the logical axis names ``axes`` (one per
     kernel dimension); the bias, if any, is named by the output axes. Inputs and kernel are
-    cast to the compute dtype; accumulation is f32.
+    cast to the compute dtype; accumulation is f32. With ``lora`` set and this layer among
+    its targets, a low-rank adapter is added beside the kernel (:mod:`jaxlm.models.lora`).
     """
 
     features: tuple[int, ...]
@@ -45,6 +47,7 @@ class Dense(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
     init_std: float = 0.02
+    lora: LoraConfig | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # (..., *in) -> (..., *features)
@@ -57,6 +60,15 @@ class Dense(nn.Module):
             jnp.dtype(self.param_dtype),
         )
         y = contract(x, kernel, self.n_in, self.dtype)
+        if lora_lib.targeted(self.path, self.lora):
+            r, in_axes, out_axes = self.lora.rank, self.axes[: self.n_in], self.axes[self.n_in :]
+            a = self.param("lora_a", nn.with_logical_partitioning(
+                lora_lib.a_init(self.n_in), (*in_axes, None)), kernel.shape[: self.n_in] + (r,),
+                jnp.dtype(self.param_dtype))  # (*in, r)
+            b = self.param("lora_b", nn.with_logical_partitioning(
+                nn.initializers.zeros, (None, *out_axes)), (r, *self.features),
+                jnp.dtype(self.param_dtype))  # (r, *out)
+            y = y + lora_lib.delta(x, a, b, self.n_in, self.lora, self.dtype, self)
         if self.use_bias:
             bias_init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[-n_out:])
             y = y + self.param("bias", bias_init, self.features, jnp.dtype(self.param_dtype))
@@ -72,11 +84,12 @@ def dense(
     in_axes: int = 1,
     use_bias: bool = False,
     init_std: float = 0.02,
+    lora: LoraConfig | None = None,
     name: str | None = None,
 ) -> Dense:
     """Shorthand for :class:`Dense` with ``features`` an int or a tuple."""
     feats = (features,) if isinstance(features, int) else tuple(features)
-    return Dense(feats, axes, in_axes, use_bias, dtype, param_dtype, init_std, name=name)
+    return Dense(feats, axes, in_axes, use_bias, dtype, param_dtype, init_std, lora, name=name)
 
 
 def residual_std(cfg: ModelConfig) -> float:
@@ -118,7 +131,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # x: (B, L, D)
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-        kw = {**dtypes(cfg), "use_bias": cfg.bias}
+        kw = {**dtypes(cfg), "use_bias": cfg.bias, "lora": cfg.lora}
         if cfg.mlp == "swiglu":
             gate = dense(cfg.d_ff, ("embed", "mlp"), name="gate", **kw)(x)  # (B, L, F)
             up = dense(cfg.d_ff, ("embed", "mlp"), name="up", **kw)(x)  # (B, L, F)

@@ -99,16 +99,15 @@ def lr_scales(params: Any, lr: float, head_lr: float, decay: float, n_layers: in
 def make_finetune_optimizer(f: FinetuneConfig, total_steps: int, n_layers: int,
                             params: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with per-parameter peak lrs (head lr, layer-wise decay) on one warmup/decay
-    schedule, optional clipping, and the backbone frozen (no update, no optimizer state)
-    when ``freeze_backbone``. Returns (tx, the backbone's lr schedule, for logging)."""
+    schedule and optional clipping, over ``params``: the trained ones (a frozen backbone or
+    one with LoRA adapters is left out by the caller, :mod:`jaxlm.models.trainable`).
+    Returns (tx, the backbone's lr schedule, for logging)."""
     multiplier = finetune_schedule(total_steps, f.warmup_ratio)
     scales = lr_scales(params, f.lr, f.head_lr or f.lr, f.layer_decay, n_layers)
 
     def scale_by_lr(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         m = multiplier(state.count)
-        updates = jax.tree.map(  # frozen leaves arrive as MaskedNode (multi_transform)
-            lambda u, s: u if isinstance(u, optax.MaskedNode) else -m * s * u, updates, scales,
-            is_leaf=lambda u: isinstance(u, optax.MaskedNode))
+        updates = jax.tree.map(lambda u, s: -m * s * u, updates, scales)
         return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
 
     lr_tx = optax.GradientTransformation(
@@ -118,9 +117,6 @@ def make_finetune_optimizer(f: FinetuneConfig, total_steps: int, n_layers: int,
         optax.add_decayed_weights(f.weight_decay,
                                   mask=lambda p: decay_mask(p, ["norms", "biases"])),
         lr_tx)
-    if f.freeze_backbone:
-        labels = {k: ("frozen" if k == "backbone" else "train") for k in params}
-        adamw = optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
     tx = adamw if f.clip_norm is None else optax.chain(optax.clip_by_global_norm(f.clip_norm),
                                                        adamw)
     return tx, lambda step: f.lr * multiplier(step)

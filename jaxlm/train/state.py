@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from jaxlm.models.trainable import Trainable, store_frozen, trained_part
 from jaxlm.sharding import Rules, activate, logical_to_sharding, replicated
 from jaxlm.tasks import Task
 
@@ -51,43 +52,47 @@ def abstract_params(task: Task, mesh: Mesh, rules: Rules) -> Any:
 
 
 def state_shardings(
-    task: Task, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules
+    task: Task, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules,
+    trainable: Trainable | None = None,
 ) -> TrainState:
-    """A TrainState-shaped tree of NamedShardings (nothing is allocated)."""
+    """A TrainState-shaped tree of NamedShardings (nothing is allocated). The optimizer
+    state covers the trained parameters (``trainable``; all by default)."""
     boxed = jax.eval_shape(task.init, jax.random.PRNGKey(0))
     param_shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed))
+    abstract_opt = jax.eval_shape(tx.init, trained_part(nn.unbox(boxed), trainable))
     rep = replicated(mesh)
-    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 - frozen params' place
     opt_shardings = optax.tree_map_params(
-        tx, lambda p, s: p if masked(p) else s, abstract_opt, param_shardings,
-        transform_non_params=lambda _: rep, is_leaf=masked,
+        tx, lambda p, s: s, abstract_opt, trained_part(param_shardings, trainable),
+        transform_non_params=lambda _: rep,
     )
     return TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep,
                       health=rep)
 
 
-def _init_fn(task: Task, tx: optax.GradientTransformation) -> Any:
+def _init_fn(task: Task, tx: optax.GradientTransformation, trainable: Trainable | None) -> Any:
     def init(rng: jax.Array) -> TrainState:
         init_rng, rng = jax.random.split(rng)
-        params = nn.unbox(task.init(init_rng))
+        params = store_frozen(nn.unbox(task.init(init_rng)), trainable)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=rng, health=healthy())
+                          opt_state=tx.init(trained_part(params, trainable)), rng=rng,
+                          health=healthy())
 
     return init
 
 
 def create_train_state(
     task: Task, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules,
-    seed: int, abstract: bool = False,
+    seed: int, abstract: bool = False, trainable: Trainable | None = None,
 ) -> tuple[TrainState, TrainState]:
     """Initialise the sharded train state; returns ``(state, shardings)``.
 
     With ``abstract=True`` nothing is computed or allocated: the state's leaves are
     ``ShapeDtypeStruct``s, the target for restoring a checkpoint (see :func:`is_abstract`).
+    ``trainable``: the optimizer state covers that part of the parameters, and the rest is
+    stored in its ``frozen_dtype``.
     """
-    shardings = state_shardings(task, tx, mesh, rules)
-    init = _init_fn(task, tx)
+    shardings = state_shardings(task, tx, mesh, rules, trainable)
+    init = _init_fn(task, tx, trainable)
     rng = jax.random.PRNGKey(seed)
     if abstract:
         return jax.eval_shape(init, rng), shardings

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from jaxlm.models.trainable import Trainable, join, split
 from jaxlm.sharding import Rules, activate, replicated
 from jaxlm.tasks import Task
 from jaxlm.train.state import TrainState
@@ -55,36 +56,43 @@ def _microbatches(batch: Batch, n: int) -> Batch:
 
 def make_train_step(
     task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule, grad_accum: int = 1,
-    spike_factor: float | None = None,
+    spike_factor: float | None = None, trainable: Trainable | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The (unjitted) train step: state, global batch → new state, metrics. A step that
-    diverges (see the module docstring) leaves params and optimizer state unchanged."""
-    grad_fn = jax.grad(task.loss_sums, has_aux=True)
+    diverges (see the module docstring) leaves params and optimizer state unchanged.
+    ``trainable``: only that part of the parameters is differentiated and updated (the
+    optimizer state covers it alone); the rest is held fixed."""
+
+    def loss(trained: Any, frozen: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Any]:
+        return task.loss_sums(join(trained, frozen), batch, rng)
+
+    grad_fn = jax.grad(loss, has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, step_rng = jax.random.split(state.rng)
+        trained, frozen = split(state.params, trainable)
         if grad_accum == 1:
-            grads, sums = grad_fn(state.params, batch, step_rng)
+            grads, sums = grad_fn(trained, frozen, batch, step_rng)
         else:
             def body(carry, xs):
                 g_acc, s_acc = carry
                 mb, i = xs
-                g, s = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i))
+                g, s = grad_fn(trained, frozen, mb, jax.random.fold_in(step_rng, i))
                 return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zeros = jax.tree.map(jnp.zeros_like, trained)
             (grads, sums), _ = jax.lax.scan(
                 body, (zeros, task.zero_sums()),
                 (_microbatches(batch, grad_accum), jnp.arange(grad_accum)))
         denom = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = tx.update(grads, state.opt_state, trained)
+        new_trained = optax.apply_updates(trained, updates)
         metrics = {**task.train_metrics(sums), "grad_norm": optax.tree.norm(grads)}
         health, ok = update_health(state.health, state.step, metrics["loss"],
                                    metrics["grad_norm"], spike_factor)
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 - diverged: no update
-        params = jax.tree.map(keep, params, state.params)
+        params = join(jax.tree.map(keep, new_trained, trained), frozen)
         opt_state = jax.tree.map(keep, opt_state, state.opt_state)
         metrics.update(param_norm=optax.tree.norm(params), lr=schedule(state.step))
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,

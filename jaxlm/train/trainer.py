@@ -35,6 +35,7 @@ from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import Config
 from jaxlm.errors import TrainingError
 from jaxlm.metrics import MetricsWriter, progress_postfix
+from jaxlm.models.trainable import Trainable
 from jaxlm.profiling import StepProfiler, device_memory, memory_summary
 from jaxlm.runtime.preemption import PreemptionWatcher
 from jaxlm.sharding import Rules, activate
@@ -78,6 +79,7 @@ class Run:
     train_step: Any
     eval_step: Any
     tokenizer: Any
+    trainable: Trainable | None = None  # None: every parameter trains
 
     @property
     def primary(self) -> bool:

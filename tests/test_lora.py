@@ -1,0 +1,139 @@
+"""LoRA fine-tuning: adapters beside a frozen backbone, for every objective; only the
+trained part in the optimizer state and the checkpoints; exact resume; merged export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from finetunehelpers import finetune_args, pretrain, synthetic_dir, write_qa, write_task
+
+from jaxlm.checkpoint.compat import flat_shapes
+from jaxlm.checkpoint.reader import SavedRun
+from jaxlm.cli import main
+
+LORA = ("finetune.lora.rank=4", "finetune.lora.alpha=8")
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    return pretrain(tmp_path_factory.mktemp("lora") / "pre")
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(kp, simple=True, separator="/"): np.asarray(x)
+            for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def saved(run_dir: Path) -> tuple[dict, dict]:
+    """(saved params, saved optimizer state) shapes of the run's latest checkpoint."""
+    with SavedRun(run_dir / "checkpoints") as run:
+        meta = run.state_metadata(run.steps()[-1])
+    return flat_shapes(meta["params"]), flat_shapes(meta["opt_state"])
+
+
+def finetune(tmp: Path, run: str, backbone: Path, data: Path, *extra: str, capsys=None):
+    code = main(finetune_args(tmp / run, backbone, data, *extra))
+    assert code == 0
+    if capsys is not None:
+        out = capsys.readouterr().out.strip().splitlines()[-1]
+        return json.loads(out)
+    return None
+
+
+def test_lora_classification_trains_adapters_and_head_only(tmp_path, backbone, capsys):
+    data = synthetic_dir(tmp_path / "data")
+    result = finetune(tmp_path, "run", backbone, data, *LORA, "finetune.epochs=2",
+                      "finetune.lr=1e-2", capsys=capsys)
+    params, opt = saved(tmp_path / "run")
+    # checkpoints: adapters (on query/key/value/out of both blocks) and the head, nothing else
+    assert params and all(k.split("/")[-1] in ("lora_a", "lora_b") or k.startswith("head/")
+                          for k in params), sorted(params)
+    assert sum(k.endswith("lora_a") for k in params) == 4 * 2
+    # optimizer state: the same (beside its step counters)
+    assert all("lora_" in k for k in opt if "backbone" in k) and any("head/" in k for k in opt)
+    assert sum("kernel" in k for k in opt) == 2 * 1  # the classifier's, in two moments
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["finetune"]["frozen"] == ["backbone"] and cfg["model"]["lora"]["rank"] == 4
+    assert result["accuracy"] > 0.5
+    # the frozen backbone is the pretrained one, bit for bit; the adapters moved
+    with SavedRun(backbone / "checkpoints") as pre:
+        base = pre.params(pre.steps()[-1], jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), pre.param_metadata(pre.steps()[-1])))
+    from jaxlm.finetune.predict import load_run
+    run = load_run(tmp_path / "run")
+    mine = flat(run.params)
+    for k, v in flat(base["backbone"]).items():
+        np.testing.assert_array_equal(mine["backbone/" + k], v)
+    assert np.abs(mine["backbone/block_0/attn/query/lora_b"]).max() > 0
+
+
+def test_lora_resume_after_interruption_is_exact(tmp_path, backbone, capsys):
+    data = synthetic_dir(tmp_path / "data", n_train=64)
+    args = (*LORA, "finetune.epochs=2", "finetune.lora.dropout=0.1", "checkpoint.every=4")
+    full = finetune(tmp_path, "full", backbone, data, *args, capsys=capsys)
+    # the run as a kill -9 after its first checkpoint leaves it: later checkpoints gone
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    with SavedRun(tmp_path / "cut" / "checkpoints") as r:
+        steps = r.steps()
+    for s in steps[1:]:
+        shutil.rmtree(tmp_path / "cut" / "checkpoints" / str(s))
+    resumed = finetune(tmp_path, "cut", backbone, data, *args, capsys=capsys)
+    assert resumed["accuracy"] == full["accuracy"] and resumed["loss"] == full["loss"]
+
+
+def test_lora_generate_and_span(tmp_path, capsys):
+    dec = pretrain(tmp_path / "dec")
+    task = write_task(tmp_path / "gen", n_train=64, n_eval=8)
+    finetune(tmp_path, "gen_run", dec, task, "finetune.problem=generate", *LORA,
+             "finetune.eval_samples=0", capsys=capsys)
+    params, _ = saved(tmp_path / "gen_run")
+    assert params and all(k.split("/")[-1] in ("lora_a", "lora_b") for k in params)
+    enc = pretrain(tmp_path / "enc", "model.family=bert", "data.mode=mlm")
+    qa = write_qa(tmp_path / "qa", n_train=48, n_eval=8)
+    finetune(tmp_path, "qa_run", enc, qa, "finetune.problem=span", *LORA,
+             "finetune.lora.targets=[attention,mlp]", "finetune.max_length=48",
+             "finetune.doc_stride=16", capsys=capsys)
+    params, _ = saved(tmp_path / "qa_run")
+    assert any(k.endswith("mlp/fc/lora_a") for k in params)
+    assert all(k.split("/")[-1] in ("lora_a", "lora_b") or k.startswith("head/") for k in params)
+
+
+def test_merged_export_equals_adapted_model(tmp_path, backbone, capsys):
+    data = synthetic_dir(tmp_path / "data", n_train=48)
+    finetune(tmp_path, "run", backbone, data, *LORA, "finetune.lr=1e-2", capsys=capsys)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    from safetensors.numpy import load_file
+    merged = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert not any("lora" in k for k in merged)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["model"]["lora"]["rank"] == 0 and cfg["finetune"]["frozen"] is None
+    # predictions of the merged export (as a backbone-free model) equal the adapted run's
+    from jaxlm.finetune.predict import load_run
+    run = load_run(tmp_path / "run")
+    params = flat(run.params)
+    a = params["backbone/block_0/attn/query/lora_a"]
+    b = params["backbone/block_0/attn/query/lora_b"]
+    w = params["backbone/block_0/attn/query/kernel"]
+    np.testing.assert_allclose(merged["backbone/block_0/attn/query/kernel"],
+                               w + 2.0 * np.einsum("dr,rhk->dhk", a, b), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_lora_settings_are_one_line_errors(tmp_path, backbone, capsys):
+    data = synthetic_dir(tmp_path / "data", n_train=16)
+    code = main(finetune_args(tmp_path / "a", backbone, data, "finetune.lora.rank=4",
+                              "finetune.lora.targets=[qkv]"))
+    err = capsys.readouterr().err
+    assert code != 0 and "'qkv' matches no dense layer" in err and "Traceback" not in err
+    code = main(finetune_args(tmp_path / "b", backbone, data, "finetune.lora.rank=4096"))
+    err = capsys.readouterr().err
+    assert code != 0 and "larger than the layer" in err and "Traceback" not in err
+    code = main(finetune_args(tmp_path / "c", backbone, data, "finetune.lora.rank=4",
+                              "finetune.from_scratch=true"))
+    err = capsys.readouterr().err
+    assert code != 0 and "keeps the backbone frozen" in err
+    assert not (tmp_path / "a" / "checkpoints").exists()
