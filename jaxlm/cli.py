@@ -9,7 +9,7 @@
                    [--top-p P] [--seed S] [--stop STR] [--file F] [--json] [--step N]
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
     jaxlm tensorboard RUN_DIR [--port P] [--host 127.0.0.1]   view a run's metrics and traces
-    jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N]   params only, for fine-tuning/inference
+    jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N] [--adapters-only]   params only
     jaxlm convert SRC OUT [--to jaxlm|hf] [--dtype bfloat16] [--overwrite]   HF dir <-> jaxlm export
 
 Bad input or settings end with one line on stderr naming what was wrong, and exit code 2; a
@@ -160,8 +160,12 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from jaxlm.checkpoint.export import export
+    from jaxlm.checkpoint.export import export, export_adapters
 
+    if args.adapters_only:
+        files = export_adapters(args.run_dir, args.out, step=args.step, overwrite=args.overwrite)
+        print(f"wrote a Hugging Face PEFT adapter: {' and '.join(files)}")
+        return 0
     path = export(args.run_dir, args.out, dtype=args.dtype, step=args.step,
                   overwrite=args.overwrite)
     print(f"wrote {path} ({args.dtype}) and {path.parent / 'config.json'}")
@@ -308,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     ex.add_argument("--overwrite", action="store_true",
                     help="replace the contents of a non-empty output directory")
+    ex.add_argument("--adapters-only", action="store_true",
+                    help="a LoRA run: write its adapters as a Hugging Face PEFT adapter "
+                    "(adapter_config.json + adapter_model.safetensors) instead of the merged "
+                    "model")
     ex.set_defaults(func=cmd_export)
 
     cv = sub.add_parser("convert", help="Hugging Face model dir <-> jaxlm export (safetensors)")

@@ -68,12 +68,7 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
     with SavedRun(directory) as run:
         step = run.step(step if step is not None else found)
         out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            held = (", ".join(sorted(p.name for p in out.iterdir())[:4]) if out.is_dir()
-                    else "a file")
-            raise CheckpointError(f"export directory {out} is not empty ({held}); pass "
-                                  "--overwrite to replace its contents, or choose another "
-                                  "directory")
+        _refuse_nonempty(out, overwrite)
         config = run.config(step)
         shapes = merged_shapes(run, step, config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -90,6 +85,38 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _copy_tokenizer(tokenizer_name(config), out)
     return out / WEIGHTS
+
+
+def _refuse_nonempty(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4]) if out.is_dir() else "a file"
+        raise CheckpointError(f"export directory {out} is not empty ({held}); pass "
+                              "--overwrite to replace its contents, or choose another directory")
+
+
+def export_adapters(path: str | Path, out: str | Path, step: int | None = None,
+                    overwrite: bool = False) -> list[str]:
+    """Write the LoRA adapters (and the trained head, where Hugging Face has one) of a
+    checkpoint under ``path`` as a Hugging Face PEFT adapter directory
+    (:mod:`jaxlm.hf.peft`); returns the files written."""
+    from jaxlm.hf.peft import write_peft
+
+    directory, found = locate(path)
+    with SavedRun(directory) as run:
+        step = run.step(step if step is not None else found)
+        out = Path(out)
+        _refuse_nonempty(out, overwrite)
+        config = run.config(step)
+        if not ((config.get("model") or {}).get("lora") or {}).get("rank"):
+            raise CheckpointError(f"--adapters-only: {path} was not fine-tuned with LoRA "
+                                  "(finetune.lora.rank=0), so it has no adapters; export it "
+                                  "without --adapters-only")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, np.float32,
+                                                             sharding=device),
+                              run.param_metadata(step))
+        params = run.params(step, target)
+    return write_peft({k: np.asarray(v) for k, v in _flat_arrays(params).items()}, config, out)
 
 
 def merged_shapes(run: SavedRun, step: int, config: dict[str, Any]) -> dict[str, tuple]:
