@@ -89,3 +89,64 @@ def test_peft_adapter_of_a_bert_span_run_matches_in_pytorch(tmp_path):
         out = model(input_ids=torch.tensor(tokens))
     theirs = np.stack([out.start_logits.numpy(), out.end_logits.numpy()], -1)
     np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+
+
+def peft_adapter(tmp_path: Path, base: Path, name: str = "adapter", **config) -> Path:
+    """An adapter made by `peft` itself on ``base`` (random B: it changes the model)."""
+    peft = need_peft()
+    torch, tf = need_torch()
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel.from_pretrained(base)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"],
+                           fan_in_fan_out=True, init_lora_weights=False, task_type="CAUSAL_LM",
+                           **config)
+    model = peft.get_peft_model(model, lora)
+    model.save_pretrained(tmp_path / name)
+    cfg = json.loads((tmp_path / name / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base)
+    (tmp_path / name / "adapter_config.json").write_text(json.dumps(cfg))
+    return tmp_path / name
+
+
+def test_a_peft_adapter_is_read_as_its_base_with_the_adapter_merged(tmp_path, capsys):
+    from hfhelpers import jaxlm_forward
+
+    peft = need_peft()
+    torch, tf = need_torch()
+    base = save_tiny("gpt2", tmp_path / "base")
+    adapter = peft_adapter(tmp_path, base)
+    tokens = np.random.default_rng(2).integers(0, 4096, (2, 12))
+    model = peft.PeftModel.from_pretrained(
+        tf.GPT2LMHeadModel.from_pretrained(base, attn_implementation="eager"), adapter).eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(jaxlm_forward(adapter, tokens), theirs, atol=TOL, rtol=0)
+    # `jaxlm generate ADAPTER` and a backbone: the same model as the merged export
+    assert main(["convert", str(adapter), str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    outs = []
+    for source in (adapter, tmp_path / "merged"):
+        assert main(["generate", str(source), "ROMEO:", "--temperature", "0",
+                     "--max-new-tokens", "5", "--json"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+    data = write_task(tmp_path / "data", n_train=16, n_eval=8)
+    assert main(finetune_args(tmp_path / "ft", adapter, data, "finetune.problem=generate",
+                              "finetune.eval_samples=0")) == 0
+
+
+def test_a_peft_adapter_on_another_base_is_one_line_error(tmp_path, capsys):
+    base = save_tiny("gpt2", tmp_path / "base")
+    other = save_tiny("gpt2", tmp_path / "other", n_embd=48)
+    adapter = peft_adapter(tmp_path, base)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(other)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    code = main(["generate", str(adapter), "ROMEO:", "--max-new-tokens", "3"])
+    err = capsys.readouterr().err
+    assert code != 0 and "does not match its base" in err and "Traceback" not in err
+    cfg["base_model_name_or_path"] = str(tmp_path / "nowhere")
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    code = main(["generate", str(adapter), "ROMEO:", "--max-new-tokens", "3"])
+    err = capsys.readouterr().err
+    assert code != 0 and "is not a local Hugging Face model directory" in err

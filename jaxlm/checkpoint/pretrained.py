@@ -21,6 +21,7 @@ from jaxlm.config import Config, ModelConfig
 from jaxlm.hf import hf_model_config, is_hf_dir, read_config
 from jaxlm.hf.checkpoint import run_config
 from jaxlm.hf.load import hf_shapes
+from jaxlm.hf.peft import base_of, is_peft_dir
 
 ARCH_EXEMPT = RUNTIME_MODEL_FIELDS  # model.* settings a run may change from its source's
 HARDWARE_FIELDS = ("dtype", "attention")  # the machine's choice: always the new run's own
@@ -46,8 +47,9 @@ class Pretrained:
 def hf_source(path: Path) -> Pretrained:
     """A Hugging Face model directory as a source: its config translated, its tokenizer."""
 
-    config = run_config(hf_model_config(read_config(path)), str(path))
-    return Pretrained("hf", path, None, config, str(path))
+    tokenizer = str(base_of(path) if is_peft_dir(path) else path)  # (an adapter has none)
+    config = run_config(hf_model_config(read_config(path)), tokenizer)
+    return Pretrained("hf", path, None, config, tokenizer)
 
 
 def resolve_pretrained(spec: str, setting: str, hint: str = "", more: str = "",

@@ -23,6 +23,7 @@ from jaxlm.config import Config, ModelConfig
 from jaxlm.hf.bert import FAMILY as BERT
 from jaxlm.hf.gpt2 import FAMILY as GPT2
 from jaxlm.hf.llama import FAMILY as LLAMA
+from jaxlm.hf.peft import MergedAdapter, base_of, is_peft_dir
 from jaxlm.hf.spec import Family, HFError, Rule
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, BERT)}
@@ -33,7 +34,10 @@ MAX_LISTED = 6
 
 
 def is_hf_dir(path: str | Path) -> bool:
-    """A directory whose config.json has a ``model_type`` (jaxlm's own config has none)."""
+    """A directory whose config.json has a ``model_type`` (jaxlm's own config has none), or
+    a PEFT LoRA adapter directory (read as its base model with the adapter merged)."""
+    if is_peft_dir(path):
+        return True
     config = Path(path) / "config.json"
     if not config.is_file():
         return False
@@ -44,6 +48,9 @@ def is_hf_dir(path: str | Path) -> bool:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
+    """The model's config.json (a PEFT adapter's: its base model's)."""
+    if is_peft_dir(path):
+        path = base_of(path)
     file = Path(path) / "config.json"
     try:
         config = json.loads(file.read_text())
@@ -126,7 +133,9 @@ class HFCheckpoint:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path, adapter = Path(path), None
+        if is_peft_dir(self.path):  # its base model, with the adapter merged in on reading
+            adapter, self.path = self.path, base_of(self.path)
         self.config = read_config(self.path)
         self.family = family_of(self.config)
         self.model = hf_model_config(self.config)
@@ -147,6 +156,8 @@ class HFCheckpoint:
             more = f" and {len(extra) - MAX_LISTED} more" if len(extra) > MAX_LISTED else ""
             raise HFError(f"{self.path} holds {len(extra)} tensors that a {self.architecture} "
                           f"with this config.json does not have: {listed}{more}")
+        self.adapter = None if adapter is None else MergedAdapter(
+            adapter, {n: self.shape(n) for n in self._where}, self.family)
 
     def __enter__(self) -> HFCheckpoint:
         return self
@@ -191,8 +202,15 @@ class HFCheckpoint:
         import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy
 
         if self._cache is None or self._cache[0] != name:
-            self._cache = (name, self.get_slice(name)[:])
+            value = self.get_slice(name)[:]
+            if self.adapter is not None:
+                value = self.adapter.update(name, value)
+            self._cache = (name, value)
         return self._cache[1]
+
+    def adapted(self, name: str) -> bool:
+        """Whether a PEFT adapter changes tensor ``name`` (then read it whole: :meth:`read`)."""
+        return self.adapter is not None and name in self.adapter.updates
 
     def heads(self) -> set[str]:
         """The jaxlm subtrees this checkpoint has tensors for (``backbone``, ``lm_head``...)."""

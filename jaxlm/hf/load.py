@@ -61,7 +61,7 @@ def array(ckpt: HFCheckpoint, rule: Rule, shape: tuple[int, ...], dtype: Any) ->
 
 
 def _place(ckpt: HFCheckpoint, rule: Rule, like: jax.ShapeDtypeStruct) -> jax.Array:
-    if rule.layout == "same":  # read only the slices this process's devices hold
+    if rule.layout == "same" and not ckpt.adapted(rule.hf):  # only this process's slices
         source = ckpt.get_slice(rule.hf)
         return jax.make_array_from_callback(like.shape, like.sharding,
                                             lambda idx: np.asarray(source[idx], like.dtype))

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.hf.checkpoint import BY_NAME
 from jaxlm.hf.spec import Family, HFError, Rule
 
 CONFIG = "adapter_config.json"
@@ -74,6 +73,7 @@ def write_peft(params: dict[str, np.ndarray], config: dict[str, Any], out: Path)
     from safetensors.numpy import save_file
 
     from jaxlm.config import ModelConfig
+    from jaxlm.hf.checkpoint import BY_NAME  # (which reads adapters with this module)
 
     model = ModelConfig(**config["model"])
     lora, finetune = model.lora, config.get("finetune") or {}
@@ -160,10 +160,8 @@ def read_peft_config(path: str | Path) -> dict[str, Any]:
 def base_of(path: str | Path, base: str | None = None) -> Path:
     """The adapter's base model directory: ``base`` if given, else its
     ``base_model_name_or_path``, which must be a local Hugging Face directory."""
-    from jaxlm.hf.checkpoint import is_hf_dir
-
     named = base or read_peft_config(path).get("base_model_name_or_path")
-    if not named or not is_hf_dir(named):
+    if not named or not (Path(named) / "config.json").is_file() or is_peft_dir(named):
         raise HFError(f"PEFT adapter {path}: its base model {named!r} is not a local Hugging "
                       "Face model directory (config.json + safetensors); set "
                       "base_model_name_or_path in its adapter_config.json to one (the hub is "
@@ -172,9 +170,9 @@ def base_of(path: str | Path, base: str | None = None) -> Path:
 
 
 class MergedAdapter:
-    """A base checkpoint's tensors with a PEFT adapter merged in: ``read(name)`` returns the
-    base tensor ``name`` plus its adapter update (Hugging Face layout), checked against the
-    base's shapes."""
+    """A PEFT adapter's updates of its base's tensors (Hugging Face layout and base-model
+    naming), checked against the base's shapes: :meth:`update` adds one to a base tensor.
+    Saved task heads (``modules_to_save``) are not read: a backbone gets a fresh head."""
 
     def __init__(self, path: str | Path, base_shapes: dict[str, tuple[int, ...]],
                  family: Family) -> None:
@@ -182,7 +180,6 @@ class MergedAdapter:
 
         self.path, config = Path(path), read_peft_config(path)
         self.updates: dict[str, np.ndarray] = {}
-        self.replaced: dict[str, np.ndarray] = {}
         tensors = load_file(str(self.path / WEIGHTS))
         fan_in_fan_out = bool(config.get("fan_in_fan_out"))
         for key, a in tensors.items():
@@ -205,10 +202,6 @@ class MergedAdapter:
                               f"updates a {tuple(update.shape)} weight, the base's {name} is "
                               f"{tuple(shape)}")
             self.updates[name] = update.astype(np.float32)
-        for key, value in tensors.items():  # modules_to_save: whole tensors
-            if ".lora_" not in key:
-                module = key.removeprefix("base_model.model.")
-                self.replaced[module] = value
         if not self.updates:
             raise HFError(f"PEFT adapter {path} holds no LoRA weights")
 

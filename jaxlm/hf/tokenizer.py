@@ -15,6 +15,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from jaxlm.hf.peft import base_of, is_peft_dir
 from jaxlm.hf.spec import HFError
 
 
@@ -33,8 +34,12 @@ def _token(c: dict[str, Any], key: str, default: str) -> str:
 
 
 def hf_tokenizer(directory: str | Path) -> Tokenizer | None:
-    """The directory's tokenizer, or None when it holds no tokenizer files jaxlm can read."""
+    """The directory's tokenizer, or None when it holds no tokenizer files jaxlm can read
+    (a PEFT adapter without tokenizer files: its base model's)."""
     d = Path(directory)
+    if is_peft_dir(d) and not any((d / f).is_file() for f in ("tokenizer.json", "vocab.txt",
+                                                              "vocab.json")):
+        d = base_of(d)
     if (d / "tokenizer.json").is_file():
         tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     elif (d / "vocab.txt").is_file():
