@@ -24,6 +24,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -86,10 +87,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if not 0 < args.mfu <= 1:
         raise UserError(f"--mfu {args.mfu} must be in (0, 1]")
-    from jaxlm.plan import plan
+    from jaxlm.plan import finetune_plan, plan
 
-    print(plan(cfg, args.device_kind, args.hbm_gib, args.mfu))
+    if _is_finetune(args):
+        print(finetune_plan(cfg, args.device_kind))
+    else:
+        print(plan(cfg, args.device_kind, args.hbm_gib, args.mfu))
     return 0
+
+
+def _is_finetune(args: argparse.Namespace) -> bool:
+    """A fine-tuning config: its YAML has a ``finetune`` section, or finetune.* is set."""
+    import yaml
+
+    items = [args.config or "", *args.overrides]
+    if any(o.startswith("finetune.") for o in items):
+        return True
+    path = Path(args.config) if args.config and "=" not in args.config else None
+    if path is None or not path.is_file():
+        return False
+    try:
+        return "finetune" in (yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError:
+        return False
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

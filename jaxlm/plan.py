@@ -89,6 +89,72 @@ def estimate(cfg: Config, changes: list[str]) -> Estimate:
     return Estimate(changes, mem.params, mem.opt_state, mem.temps, mem.total)
 
 
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+def finetune_estimate(cfg: Config, device_kind: str) -> tuple[Estimate, Any]:
+    """Compile a fine-tuning run's train step (its backbone's architecture, ``finetune.*``
+    batch, length and LoRA; no data read, nothing loaded) and read its memory analysis:
+    (estimate, the run)."""
+    from jaxlm.finetune.run import backbone_of, build_run, task_for
+
+    backbone = backbone_of(cfg)
+    if device_kind.lower() != "cpu":  # as _for_device: bf16 on accelerators
+        model = backbone.model.model_copy(update={
+            "dtype": "bfloat16" if cfg.model.dtype == "auto" else backbone.model.dtype,
+            "attention": "dot_product"})
+        backbone = dataclasses.replace(backbone, model=model)
+    f = cfg.finetune
+    task = task_for(f, backbone.model, f.num_labels or 2)
+    run = build_run(cfg, backbone, task, total=1)
+    dummy = task.dummy_batch(f.batch_size, backbone.max_length)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding)
+             for k, v in dummy.items()}
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         run.state, run.shardings)
+    with activate(run.mesh, run.rules):
+        compiled = run.train_step.jitted.lower(state, batch).compile()
+    mem = memory_summary(compiled, state.params, state.opt_state)
+    return Estimate([], mem.params, mem.opt_state, mem.temps, mem.total), run
+
+
+def _saved_bytes(run: Any) -> int:
+    """Bytes one checkpoint of the run writes (all devices): trained parameters, optimizer
+    state (the frozen backbone is not saved)."""
+    from jaxlm.models.trainable import trained_part
+
+    tree = (trained_part(run.state.params, run.trainable), run.state.opt_state)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def finetune_plan(cfg: Config, device_kind: str) -> str:
+    """The report of ``jaxlm plan`` on a fine-tuning config: per device memory of the run as
+    configured and of the other choice (LoRA rank 8 on attention, or full fine-tuning), so
+    what LoRA saves is on screen."""
+    from jaxlm.config import LoraConfig
+    from jaxlm.models.trainable import count
+
+    f = cfg.finetune
+    other = LoraConfig() if f.lora.rank else LoraConfig(rank=8)
+    alt = cfg.model_copy(update={"finetune": f.model_copy(update={"lora": other})})
+    rows = []
+    for c in (cfg, alt):
+        est, run = finetune_estimate(c, device_kind)
+        trained, total = count(run.state.params, run.trainable)
+        lora = c.finetune.lora
+        what = (f"LoRA rank {lora.rank} on {', '.join(lora.targets)}" if lora.rank else
+                "full fine-tuning" if not c.finetune.freeze_backbone else "frozen backbone")
+        rows.append(f"{what}: trains {trained / 1e6:,.3f}M of {total / 1e6:,.2f}M params "
+                    f"({100 * trained / total:.2f}%); " + _format(est, "per device")
+                    + f"; checkpoint {_size(_saved_bytes(run))} per save")
+    model = run.cfg.model
+    head = (f"finetune: {f.problem} on a {model.family} backbone ({f.backbone}); "
+            f"{f.batch_size} x {run.cfg.finetune.max_length} tokens per step; "
+            f"{jax.device_count()} x {device_kind}, mesh {dict(run.mesh.shape)}; "
+            f"{model.dtype} compute")
+    return "\n".join([head, rows[0], "compare " + rows[1]])
+
+
 def _with(cfg: Config, section: str, **values: Any) -> Config:
     return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
 

@@ -24,9 +24,13 @@ def backbone(tmp_path_factory) -> Path:
     return pretrain(tmp_path_factory.mktemp("lora") / "pre")
 
 
-def flat(tree) -> dict[str, np.ndarray]:
-    return {jax.tree_util.keystr(kp, simple=True, separator="/"): np.asarray(x)
+def leaves(tree) -> dict:
+    return {jax.tree_util.keystr(kp, simple=True, separator="/"): x
             for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(x) for k, x in leaves(tree).items()}
 
 
 def saved(run_dir: Path) -> tuple[dict, dict]:
@@ -137,3 +141,48 @@ def test_bad_lora_settings_are_one_line_errors(tmp_path, backbone, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "keeps the backbone frozen" in err
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_plan_of_a_finetune_run_shows_what_lora_saves(tmp_path, backbone, capsys):
+    import re
+
+    data = synthetic_dir(tmp_path / "data", n_train=16)
+    code = main(["plan", f"finetune.backbone={backbone}", f"finetune.data.path={data}",
+                 "finetune.lora.rank=4", "finetune.batch_size=8", "finetune.max_length=32",
+                 "--devices", "8"])
+    out = capsys.readouterr().out
+    assert code == 0 and "finetune: single_label" in out, out
+    lora, full = out.strip().splitlines()[1:3]
+    assert lora.startswith("LoRA rank 4 on attention") and "compare full fine-tuning" in full
+
+    def mib(line: str, what: str) -> float:
+        value, unit = re.search(rf"{what} ([\d.]+) (MiB|GiB)", line).groups()
+        return float(value) * (1024 if unit == "GiB" else 1)
+
+    assert mib(lora, "optimizer state") < mib(full, "optimizer state") / 10
+    assert mib(lora, "checkpoint") < mib(full, "checkpoint") / 10
+    trained = float(re.search(r"trains ([\d.]+)M", lora).group(1))
+    assert 0 < trained < float(re.search(r"trains ([\d.]+)M", full).group(1)) / 5
+
+
+def test_bf16_frozen_backbone_and_adapters_sharded_like_their_kernels(tmp_path, backbone,
+                                                                       capsys):
+    from jaxlm.config import load_config
+    from jaxlm.finetune.run import setup
+
+    data = synthetic_dir(tmp_path / "data", n_train=32)
+    over = [f"finetune.backbone={backbone}", f"finetune.data.path={data}",
+            f"finetune.run_dir={tmp_path / 'run'}", "finetune.lora.rank=4",
+            "finetune.lora.base_dtype=bfloat16", "finetune.batch_size=8",
+            "finetune.max_length=32", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+    run, _ = setup(load_config(None, over))
+    p, s = leaves(run.state.params), leaves(run.shardings.params)
+    q = "backbone/block_0/attn/query/"
+    assert p[q + "kernel"].dtype == np.dtype("bfloat16") and p[q + "lora_a"].dtype == np.float32
+    assert p["head/classifier/kernel"].dtype == np.float32
+    kernel, a, b = (s[q + n].spec for n in ("kernel", "lora_a", "lora_b"))
+    assert tuple(a)[0] == tuple(kernel)[0] and tuple(b)[1:] == tuple(kernel)[1:]
+    assert any(x is not None for x in tuple(kernel))  # (the mesh does shard the kernel)
+    result = finetune(tmp_path, "cli", backbone, data, *over[3:], "finetune.epochs=2",
+                      "finetune.lr=1e-2", capsys=capsys)
+    assert result["accuracy"] >= 0.5

@@ -29,12 +29,11 @@ from jaxlm.finetune.batching import (
 )
 from jaxlm.finetune.classify import initial_state
 from jaxlm.finetune.labeled import load_splits
-from jaxlm.finetune.run import build_run, resolve
+from jaxlm.finetune.run import build_run, resolve, task_for
 from jaxlm.finetune.spans import Windows, best_spans, encode_spans, make_span_batch
 from jaxlm.finetune.text_metrics import exact_match, token_f1
 from jaxlm.models import param_count
 from jaxlm.sharding import activate
-from jaxlm.tasks import SpanExtraction
 from jaxlm.train.state import TrainState
 from jaxlm.train.step import make_predict_step
 from jaxlm.train.trainer import Fed, Run, evaluate
@@ -72,8 +71,7 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, SpanData]
               for name, ds in (("train", raw.train), ("validation", raw.validation),
                                ("test", raw.test)) if ds is not None}
     total = f.epochs * steps_per_epoch(len(splits["train"]), f.batch_size)
-    run = build_run(cfg, backbone, SpanExtraction(backbone.model, f.head_dropout), total,
-                    devices)
+    run = build_run(cfg, backbone, task_for(f, backbone.model), total, devices)
     return run, SpanData(backbone.source, splits, raw.origin, buckets(max_len))
 
 

@@ -36,11 +36,10 @@ from jaxlm.finetune.completions import (
     padding_waste,
 )
 from jaxlm.finetune.labeled import load_splits
-from jaxlm.finetune.run import build_run, resolve
+from jaxlm.finetune.run import build_run, resolve, task_for
 from jaxlm.finetune.text_metrics import score
 from jaxlm.generate import Completion, Generator, Sampling
 from jaxlm.models import param_count
-from jaxlm.tasks import CausalLM
 from jaxlm.train.state import TrainState, create_train_state
 from jaxlm.train.trainer import Fed, Run, evaluate
 
@@ -79,7 +78,7 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Completio
     total = f.epochs * math.ceil(len(rows["train"]) / f.batch_size)
     train = splits["train"]
     longest = int(max(len(ids) - n for ids, n in zip(train.ids, train.prompt_lens, strict=True)))
-    run = build_run(cfg, backbone, CausalLM(backbone.model), total, devices,
+    run = build_run(cfg, backbone, task_for(f, backbone.model), total, devices,
                     max_new_tokens=f.max_new_tokens or longest,  # (EOS included)
                     chat_template=template)
     return run, CompletionData(backbone.source, splits, rows, raw.origin, buckets(max_len))

@@ -41,7 +41,7 @@ from jaxlm.models.trainable import Trainable, split, trained_part
 from jaxlm.runtime.distributed import start as start_process
 from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
-from jaxlm.tasks import Classification, Task
+from jaxlm.tasks import CausalLM, Classification, SpanExtraction, Task
 from jaxlm.train.optim import make_finetune_optimizer
 from jaxlm.train.state import create_train_state
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
@@ -101,6 +101,12 @@ def resolve(cfg: Config) -> Backbone:
     """Start the process (jax.distributed first: nothing may touch devices before) and
     resolve ``finetune.backbone``, its tokenizer and ``finetune.max_length``."""
     start_process(cfg, "finetune.run_dir")
+    return backbone_of(cfg)
+
+
+def backbone_of(cfg: Config) -> Backbone:
+    """``finetune.backbone`` resolved (its architecture for this machine, its tokenizer,
+    ``finetune.max_length``), without starting a run (``jaxlm plan`` reads it too)."""
     f = cfg.finetune
     source = resolve_backbone(cfg)
     model_cfg = resolve_auto(backbone_model_config(source, cfg))  # auto: for this machine
@@ -110,6 +116,18 @@ def resolve(cfg: Config) -> Backbone:
     check_vocab(tokenizer, model_cfg.vocab_size)
     max_len = min(f.max_length or model_cfg.max_seq_len, model_cfg.max_seq_len)
     return Backbone(source, model_cfg, tokenizer, tokenizer_name, max_len)
+
+
+def task_for(f: FinetuneConfig, model: ModelConfig, num_labels: int = 2) -> Task:
+    """The objective of ``finetune.problem`` on ``model``: the LM itself (generate), a span
+    head (span) or a classification head over ``num_labels`` (pooling: ``finetune.pooling``,
+    else the first token for encoders and the last for decoders)."""
+    if f.problem == "generate":
+        return CausalLM(model)
+    if f.problem == "span":
+        return SpanExtraction(model, f.head_dropout)
+    pooling = f.pooling or ("last" if model.causal else "cls")
+    return Classification(model, num_labels, f.problem, pooling, f.pooler, f.head_dropout)
 
 
 def trainable_of(f: FinetuneConfig) -> Trainable | None:
@@ -182,9 +200,8 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
               for name, ds in (("train", raw.train), ("validation", raw.validation),
                                ("test", raw.test)) if ds is not None}
     total = f.epochs * steps_per_epoch(len(splits["train"]), f.batch_size)
-    pooling = f.pooling or ("last" if model_cfg.causal else "cls")
-    task = Classification(model_cfg, len(names), f.problem, pooling, f.pooler, f.head_dropout)
-    run = build_run(cfg, backbone, task, total, devices, pooling=pooling)
+    task = task_for(f, model_cfg, len(names))
+    run = build_run(cfg, backbone, task, total, devices, pooling=task.pooling)
     return run, Labeled(backbone.source, names, splits, raw.origin, buckets(max_len))
 
 

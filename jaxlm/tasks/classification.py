@@ -40,7 +40,7 @@ class Classification(Task):
 
     def __init__(self, cfg: ModelConfig, num_labels: int, problem: Problem = "single_label",
                  pooling: Pooling = "cls", pooler: bool = False, dropout: float = 0.1) -> None:
-        self.cfg, self.problem = cfg, problem
+        self.cfg, self.problem, self.pooling = cfg, problem, pooling
         self.num_labels = 1 if problem == "regression" else num_labels
         if problem == "token":
             self.model = TokenClassifier(cfg, self.num_labels, dropout)
