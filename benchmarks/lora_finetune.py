@@ -132,7 +132,7 @@ def main() -> None:
                 f"{wall:.0f} s | {rss:.2f} GiB |")
         sections.append(f"""{name.capitalize()}: {what}; `jaxlm finetune {preset}`.
 
-| run | test {metric} | trained params | optimizer state | checkpoint | examples/s | wall | peak RSS |
+| run | test {metric} | trained params | optimizer | checkpoint | examples/s | wall | peak RSS |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """)
