@@ -68,7 +68,8 @@ def checkpoint_facts(run_dir: Path) -> dict[str, float]:
     disk = sum(p.stat().st_size for p in (run_dir / "checkpoints" / str(step)).rglob("*")
                if p.is_file())
     rates = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["examples_per_sec"] for r in rates if "examples_per_sec" in r][1:]  # (compile)
+    rates = [r["train/examples_per_sec"] for r in rates
+             if "train/examples_per_sec" in r][1:]  # (the first window holds compiles)
     return {"trained": params, "opt_bytes": opt, "disk": disk,
             "examples_per_sec": statistics.median(rates) if rates else float("nan")}
 
@@ -119,8 +120,13 @@ def main() -> None:
         rows = []
         for i, (arm, extra) in enumerate(arms):
             run_dir = out / f"{name}_{i}"
-            r, wall, rss = jaxlm("finetune", preset, f"finetune.run_dir={run_dir}",
-                                 "mesh.data=1", *common, *extra)
+            done = run_dir / "bench.json"  # a finished arm of an interrupted benchmark
+            if done.is_file():
+                r, wall, rss = json.loads(done.read_text())
+            else:
+                r, wall, rss = jaxlm("finetune", preset, f"finetune.run_dir={run_dir}",
+                                     "mesh.data=1", *common, *extra)
+                done.write_text(json.dumps([r, wall, rss]))
             facts = checkpoint_facts(run_dir)
             total = model_params(run_dir)
             print(f"{name} / {arm}: {metric} {r[metric]:.4f}, {facts}, {wall:.0f} s, "
