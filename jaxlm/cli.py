@@ -115,7 +115,7 @@ def _is_finetune(args: argparse.Namespace) -> bool:
 def cmd_predict(args: argparse.Namespace) -> int:
     from jaxlm.finetune.predict import load_run, read_texts
 
-    texts = read_texts(args.texts, args.file)
+    texts = read_texts(args.texts, args.file, args.run_dir, args.jsonl_input)
     predictor = load_run(args.run_dir, step=args.step)
     rows = predictor.predict(texts, batch_size=args.batch_size)
     for text, row in zip(texts, rows, strict=True):
@@ -276,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "predict":
             pr.add_argument("texts", nargs="*", help="texts to label, or prompts to complete "
                             "(none: --file or stdin)")
-            pr.add_argument("--file", help="a text file, one text per line ('-' = stdin)")
+            pr.add_argument("--file", help="a text file, one text per line ('-' = stdin); a "
+                            ".jsonl file: one JSON object per line, its text column")
+            pr.add_argument("--jsonl-input", action="store_true",
+                            help="read the input (--file or stdin) as JSON lines: the run's "
+                            "text column (prompt column for a generative run) of each")
             _json_flag(pr, "one JSON object per text: label, probability, all scores (a "
                        "generative run: prompt, completion, finish_reason)")
         else:

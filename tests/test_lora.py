@@ -49,11 +49,24 @@ def finetune(tmp: Path, run: str, backbone: Path, data: Path, *extra: str, capsy
     return None
 
 
-def test_lora_classification_trains_adapters_and_head_only(tmp_path, backbone, capsys):
-    data = synthetic_dir(tmp_path / "data")
-    result = finetune(tmp_path, "run", backbone, data, *LORA, "finetune.epochs=2",
-                      "finetune.lr=1e-2", capsys=capsys)
-    params, opt = saved(tmp_path / "run")
+ARGS = (*LORA, "finetune.epochs=2", "finetune.lr=1e-2", "finetune.lora.dropout=0.1",
+        "checkpoint.every=4")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, backbone) -> tuple[Path, Path, dict]:
+    """(run dir, data dir, its --json result): a LoRA classification run, saved every 4 steps."""
+    tmp = tmp_path_factory.mktemp("lora_run")
+    data = synthetic_dir(tmp / "data", n_train=96)
+    code = main(finetune_args(tmp / "run", backbone, data, *ARGS))
+    assert code == 0
+    return tmp / "run", data, json.loads(
+        (tmp / "run" / "report.json").read_text())
+
+
+def test_lora_classification_trains_adapters_and_head_only(lora_run, backbone):
+    run_dir, _, result = lora_run
+    params, opt = saved(run_dir)
     # checkpoints: adapters (on query/key/value/out of both blocks) and the head, nothing else
     assert params and all(k.split("/")[-1] in ("lora_a", "lora_b") or k.startswith("head/")
                           for k in params), sorted(params)
@@ -61,7 +74,7 @@ def test_lora_classification_trains_adapters_and_head_only(tmp_path, backbone, c
     # optimizer state: the same (beside its step counters)
     assert all("lora_" in k for k in opt if "backbone" in k) and any("head/" in k for k in opt)
     assert sum("kernel" in k for k in opt) == 2 * 1  # the classifier's, in two moments
-    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["finetune"]["frozen"] == ["backbone"] and cfg["model"]["lora"]["rank"] == 4
     assert result["accuracy"] > 0.5
     # the frozen backbone is the pretrained one, bit for bit; the adapters moved
@@ -69,36 +82,36 @@ def test_lora_classification_trains_adapters_and_head_only(tmp_path, backbone, c
         base = pre.params(pre.steps()[-1], jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), pre.param_metadata(pre.steps()[-1])))
     from jaxlm.finetune.predict import load_run
-    run = load_run(tmp_path / "run")
-    mine = flat(run.params)
+    mine = flat(load_run(run_dir).params)
     for k, v in flat(base["backbone"]).items():
         np.testing.assert_array_equal(mine["backbone/" + k], v)
     assert np.abs(mine["backbone/block_0/attn/query/lora_b"]).max() > 0
 
 
-def test_lora_resume_after_interruption_is_exact(tmp_path, backbone, capsys):
-    data = synthetic_dir(tmp_path / "data", n_train=64)
-    args = (*LORA, "finetune.epochs=2", "finetune.lora.dropout=0.1", "checkpoint.every=4")
-    full = finetune(tmp_path, "full", backbone, data, *args, capsys=capsys)
+def test_lora_resume_after_interruption_is_exact(tmp_path, lora_run, backbone, capsys):
+    run_dir, data, full = lora_run
     # the run as a kill -9 after its first checkpoint leaves it: later checkpoints gone
-    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.copytree(run_dir, tmp_path / "cut")
+    (tmp_path / "cut" / "report.json").unlink()
     with SavedRun(tmp_path / "cut" / "checkpoints") as r:
         steps = r.steps()
     for s in steps[1:]:
         shutil.rmtree(tmp_path / "cut" / "checkpoints" / str(s))
-    resumed = finetune(tmp_path, "cut", backbone, data, *args, capsys=capsys)
+    resumed = finetune(tmp_path, "cut", backbone, data, *ARGS, capsys=capsys)
     assert resumed["accuracy"] == full["accuracy"] and resumed["loss"] == full["loss"]
 
 
-def test_lora_generate_and_span(tmp_path, capsys):
-    dec = pretrain(tmp_path / "dec")
-    task = write_task(tmp_path / "gen", n_train=64, n_eval=8)
-    finetune(tmp_path, "gen_run", dec, task, "finetune.problem=generate", *LORA,
+def test_lora_generate_and_span(tmp_path, backbone, capsys):
+    task = write_task(tmp_path / "gen", n_train=32, n_eval=8)
+    finetune(tmp_path, "gen_run", backbone, task, "finetune.problem=generate", *LORA,
              "finetune.eval_samples=0", capsys=capsys)
     params, _ = saved(tmp_path / "gen_run")
     assert params and all(k.split("/")[-1] in ("lora_a", "lora_b") for k in params)
+    # the run is a language model for generate and predict (adapters applied, base read back)
+    assert main(["generate", str(tmp_path / "gen_run"), "ROMEO:", "--max-new-tokens", "3"]) == 0
+    assert main(["predict", str(tmp_path / "gen_run"), "the colour of apple is"]) == 0
     enc = pretrain(tmp_path / "enc", "model.family=bert", "data.mode=mlm")
-    qa = write_qa(tmp_path / "qa", n_train=48, n_eval=8)
+    qa = write_qa(tmp_path / "qa", n_train=32, n_eval=8)
     finetune(tmp_path, "qa_run", enc, qa, "finetune.problem=span", *LORA,
              "finetune.lora.targets=[attention,mlp]", "finetune.max_length=48",
              "finetune.doc_stride=16", capsys=capsys)
@@ -107,24 +120,24 @@ def test_lora_generate_and_span(tmp_path, capsys):
     assert all(k.split("/")[-1] in ("lora_a", "lora_b") or k.startswith("head/") for k in params)
 
 
-def test_merged_export_equals_adapted_model(tmp_path, backbone, capsys):
-    data = synthetic_dir(tmp_path / "data", n_train=48)
-    finetune(tmp_path, "run", backbone, data, *LORA, "finetune.lr=1e-2", capsys=capsys)
-    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+def test_merged_export_equals_adapted_model(tmp_path, lora_run):
+    run_dir = lora_run[0]
+    assert main(["export", str(run_dir), str(tmp_path / "out")]) == 0
     from safetensors.numpy import load_file
     merged = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert not any("lora" in k for k in merged)
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["model"]["lora"]["rank"] == 0 and cfg["finetune"]["frozen"] is None
-    # predictions of the merged export (as a backbone-free model) equal the adapted run's
+    # the merged kernel is W + (alpha / r) A B of the run's latest step
+    with SavedRun(run_dir / "checkpoints") as run:
+        latest = run.steps()[-1]
     from jaxlm.finetune.predict import load_run
-    run = load_run(tmp_path / "run")
-    params = flat(run.params)
-    a = params["backbone/block_0/attn/query/lora_a"]
-    b = params["backbone/block_0/attn/query/lora_b"]
-    w = params["backbone/block_0/attn/query/kernel"]
-    np.testing.assert_allclose(merged["backbone/block_0/attn/query/kernel"],
-                               w + 2.0 * np.einsum("dr,rhk->dhk", a, b), rtol=1e-5, atol=1e-6)
+    params = flat(load_run(run_dir, step=latest).params)
+    q = "backbone/block_0/attn/query/"
+    a, b, w = params[q + "lora_a"], params[q + "lora_b"], params[q + "kernel"]
+    np.testing.assert_allclose(merged[q + "kernel"], w + 2.0 * np.einsum("dr,rhk->dhk", a, b),
+                               rtol=1e-5, atol=1e-6)
+    assert np.abs(merged[q + "kernel"] - w).max() > 1e-4
 
 
 def test_bad_lora_settings_are_one_line_errors(tmp_path, backbone, capsys):
@@ -186,3 +199,16 @@ def test_bf16_frozen_backbone_and_adapters_sharded_like_their_kernels(tmp_path, 
     result = finetune(tmp_path, "cli", backbone, data, *over[3:], "finetune.epochs=2",
                       "finetune.lr=1e-2", capsys=capsys)
     assert result["accuracy"] >= 0.5
+
+
+def test_a_lora_run_whose_base_moved_is_one_line_error(tmp_path, backbone, capsys):
+    base = shutil.copytree(backbone, tmp_path / "base")
+    data = synthetic_dir(tmp_path / "data", n_train=16, n_eval=8)
+    assert main(finetune_args(tmp_path / "run", base, data, *LORA)) == 0
+    base.rename(tmp_path / "moved")
+    capsys.readouterr()
+    code = main(["export", str(tmp_path / "run"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0 and "holds only the parameters its run trained" in err
+    assert "which no longer exists" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()

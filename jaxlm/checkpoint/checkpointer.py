@@ -102,6 +102,7 @@ class Checkpointer:
         backbone's, read back from it: see :func:`jaxlm.checkpoint.export.load_params`)."""
         self.cfg, self.ccfg, self.log = cfg, cfg.checkpoint, log
         self.trainable = trainable
+        self._sized = False  # the bytes of a save are logged once
         self.compat_keys = compat_keys
         self.directory = checkpoint_dir(run_dir if run_dir is not None else cfg.train.run_dir)
         self.tokenizer_ref = tokenizer_reference(cfg, tokenizer)
@@ -314,6 +315,13 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - reported as one clear TrainingError
             raise self._failed(step, e) from e
         self._in_flight = step
+        if not self._sized:  # once per run: what each save costs
+            self._sized = True
+            tree = self._saved(state)
+            n = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+            what = ("trained parameters" if self.trainable is not None else "parameters")
+            self.log(f"checkpoint: each save writes {n / 2**20:,.1f} MiB ({what} and "
+                     f"optimizer state) to {self.directory}")
         if wait or not self.ccfg.async_save:
             self.wait()
         return True

@@ -28,7 +28,7 @@ from jaxlm.checkpoint.compat import (
     locate,
     mismatches,
 )
-from jaxlm.checkpoint.frozen import read_params
+from jaxlm.checkpoint.frozen import read_params, require_base
 from jaxlm.checkpoint.reader import SavedRun, tokenizer_name
 from jaxlm.config import LoraConfig
 from jaxlm.data.tokenizer import load_tokenizer
@@ -129,6 +129,7 @@ def merged_shapes(run: SavedRun, step: int, config: dict[str, Any]) -> dict[str,
               if not is_adapter(k)}
     f = config.get("finetune") or {}
     if f.get("frozen") and f.get("base"):
+        require_base(run.directory / str(step), f["base"])
         base = saved_shapes(resolve_pretrained(f["base"], "finetune.base (of the run)"))
         shapes.update({k: s for k, s in base.items()
                        if k.split("/")[0] in f["frozen"] and not is_adapter(k)})

@@ -77,17 +77,22 @@ def read_params(run: SavedRun, step: int, target: Any, subtree: str | None,
     return out
 
 
+def require_base(where: Path, base: str) -> None:
+    """Refuse, in one line, a run whose base (``finetune.base``) is gone."""
+    if not Path(base).exists():
+        raise CheckpointError(
+            f"{where} holds only the parameters its run trained (LoRA adapters, head); the "
+            f"frozen backbone is read from finetune.base={base}, which no longer exists: put "
+            "it back there, or export the run where its base exists (`jaxlm export` merges)")
+
+
 def _read_base(run: SavedRun, step: int, base: str, wanted: dict[str, Any],
                subtree: str | None, load: Loader) -> Any:
     """The frozen parameters ``wanted`` (flat paths → abstract arrays) from the run's base,
     one top-level subtree at a time (a base holds a whole model: e.g. ``backbone`` and a
     pretraining head the run never used)."""
     where = run.directory / str(step)
-    if not Path(base).exists():
-        raise CheckpointError(
-            f"{where} holds only the parameters its run trained (LoRA adapters, head); the "
-            f"frozen backbone is read from finetune.base={base}, which no longer exists: put "
-            "it back there, or export the run where its base exists (`jaxlm export` merges)")
+    require_base(where, base)
     if subtree is not None:  # the caller's subtree (a backbone) is frozen whole or in part
         try:
             return load(base, _unflat(wanted), subtree=subtree)

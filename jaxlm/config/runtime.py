@@ -75,10 +75,11 @@ class CheckpointConfig(Section):
     """
 
     every: int = Field(
-        100, gt=0, description="save every N steps (and at the end; fine-tuning also at every "
-        "epoch's end)"
+        100, gt=0, description="save every N steps (and at the end); fine-tuning saves at "
+        "every epoch's end, and every N steps only when this is set"
     )
-    keep: int = Field(3, gt=0, description="keep the last K checkpoints")
+    keep: int = Field(3, gt=0, description="keep the last K checkpoints (fine-tuning: the "
+                      "best and the latest, unless this is set)")
     keep_period: int | None = Field(None, gt=0, description="also keep every M-th step forever")
     async_save: bool = Field(True, description="write in the background while training goes on")
     resume: str = Field("auto", description="auto | never | <checkpoint path>")
@@ -93,6 +94,16 @@ class CheckpointConfig(Section):
         if not self.resume.strip():
             raise ValueError("checkpoint.resume must be 'auto', 'never' or a checkpoint path")
         return self
+
+
+class CompileConfig(Section):
+    """JAX's persistent compilation cache: compiled steps are kept on disk, so a resumed or
+    repeated run (the same shapes) loads them instead of compiling again."""
+
+    cache: bool = Field(True, description="use the persistent compilation cache")
+    cache_dir: str | None = Field(
+        None, description="where; None = $JAX_COMPILATION_CACHE_DIR if set, else "
+        "$XDG_CACHE_HOME/jaxlm/xla (~/.cache/jaxlm/xla)")
 
 
 class LoggingConfig(Section):

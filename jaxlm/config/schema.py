@@ -19,6 +19,7 @@ from pydantic import Field, ValidationInfo, model_validator
 from jaxlm.config.finetune import FinetuneConfig
 from jaxlm.config.runtime import (
     CheckpointConfig,
+    CompileConfig,
     DistributedConfig,
     LoggingConfig,
     MeshConfig,
@@ -267,6 +268,7 @@ class Config(Section):
     mesh: MeshConfig = Field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    compile: CompileConfig = Field(default_factory=CompileConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 

@@ -7,6 +7,7 @@ as ``jaxlm train`` refuses such a data file.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -40,3 +41,24 @@ def read_lines(file: str | None, what: str) -> list[str]:
     if not lines:
         raise UserError(f"no {what}s in {where}")
     return lines
+
+
+def read_jsonl_column(file: str | None, column: str, what: str) -> list[str]:
+    """``column`` of every JSON object in ``file`` (None or ``-``: stdin), one object per
+    line: multi-line texts (emails) need no flattening. A line that is not a JSON object
+    with a string ``column`` is one error naming the line."""
+    where = "stdin" if file in (None, "-") else f"--file {file}"
+    out = []
+    for i, line in enumerate(read_lines(file, f"JSON object with a {column!r} {what}"), 1):
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{where}, JSON line {i}: not JSON ({e.msg}); give one JSON object "
+                            f"per line with a {column!r} field") from None
+        value = obj.get(column) if isinstance(obj, dict) else None
+        if not isinstance(value, str):
+            keys = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
+            raise UserError(f"{where}, JSON line {i}: no string {column!r} field (it has "
+                            f"{keys}); the run reads its {what} from {column!r}")
+        out.append(value)
+    return out

@@ -94,6 +94,16 @@ def better(value: float, best: float | None, metric: str) -> bool:
     return value > best if HIGHER_IS_BETTER[metric] else value < best
 
 
+def checkpoint_policy(cfg: Any) -> Any:
+    """Fine-tuning's checkpoint defaults: a save at every epoch's end (the ranked one), at
+    the last step and on preemption, keeping the best and the latest only. A
+    ``checkpoint.every`` / ``checkpoint.keep`` the user sets is kept (a step cadence, more
+    checkpoints)."""
+    given = cfg.checkpoint.model_fields_set
+    update = {k: v for k, v in (("every", 2**31 - 1), ("keep", 1)) if k not in given}
+    return cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update=update)})
+
+
 def run_epochs(objective: Objective) -> dict[str, Any]:
     """Fine-tune (see the module docstring); returns the final (test) metrics and the best
     epoch. The run directory is locked for the whole run (one writer per run directory)."""
@@ -106,7 +116,7 @@ def _run_epochs(objective: Objective) -> dict[str, Any]:
     run = objective.run
     cfg, f = run.cfg, run.cfg.finetune
     metric = f.eval_metric
-    ckpt = Checkpointer(cfg, run.tokenizer, log=run.log, run_dir=f.run_dir,
+    ckpt = Checkpointer(checkpoint_policy(cfg), run.tokenizer, log=run.log, run_dir=f.run_dir,
                         tokenizer_name=f.tokenizer, best=(metric, HIGHER_IS_BETTER[metric]),
                         compat_keys=COMPAT_KEYS, trainable=run.trainable)
     run.state, _, saved = ckpt.restore(run.state, run.shardings)
@@ -149,7 +159,7 @@ def _run_epochs(objective: Objective) -> dict[str, Any]:
 
     out = fit(run, batches, ckpt, writer, stats=stats, progress=lambda: progress,
               evals=Eval(objective.per_epoch, end_of_epoch, at_last=True, ranks=True),
-              desc="finetune")
+              desc="finetune", lengths=len(getattr(objective.data, "sizes", ())) or None)
     if out.preempted:
         writer.close()
         return {"preempted": True, "step": out.steps}

@@ -128,9 +128,10 @@ class Extract:
     def evaluate(self, params: Any, split: str) -> tuple[dict[str, float], Any]:
         """Window loss and start/end accuracy, and SQuAD exact match / F1 per question."""
         data = self.data.splits[split]
-        batches = (self.data.global_batch(self.run, split, rows)
-                   for rows in eval_plan(data.lengths, self.run.settings.batch))
-        sums = evaluate(self.run.eval_step, params, batches)
+        plan = eval_plan(data.lengths, self.run.settings.batch)
+        batches = (self.data.global_batch(self.run, split, rows) for rows in plan)
+        sums = evaluate(self.run.eval_step, params, batches, self.run.bar(f"eval {split}"),
+                        len(plan))
         metrics = self.run.task.eval_metrics(sums)
         found = self.answers(params, split)
         metrics["exact_match"] = float(np.mean([max(exact_match(a, r) for r in refs)

@@ -157,8 +157,10 @@ class Generate:
         completions generated for its first ``eval_samples`` prompts (every prompt of the
         test split); the completions come back with the sums (for the report)."""
         order = range(len(self.data.rows[split]))
-        batches = (self.batch(split, rows) for rows in self._batches(split, order))
-        sums = evaluate(self.run.eval_step, params, batches)
+        plan = self._batches(split, order)
+        batches = (self.batch(split, rows) for rows in plan)
+        sums = evaluate(self.run.eval_step, params, batches, self.run.bar(f"eval {split}"),
+                        len(plan))
         metrics = self.run.task.eval_metrics(sums)
         f, data = self.run.cfg.finetune, self.data.splits[split]
         n = len(data) if split == "test" else min(f.eval_samples, len(data))

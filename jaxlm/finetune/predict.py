@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxlm.config import from_dict
 from jaxlm.data.errors import DataError
-from jaxlm.data.inputs import read_lines
+from jaxlm.data.inputs import read_jsonl_column, read_lines
 from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
@@ -33,9 +33,21 @@ from jaxlm.tasks.classification import format_report
 from jaxlm.train.trainer import evaluate
 
 
-def read_texts(texts: list[str], file: str | None) -> list[str]:
-    """Texts from the command line, else one per non-blank line of ``file`` or of stdin."""
-    return texts or read_lines(file, "text")
+def read_texts(texts: list[str], file: str | None, run_dir: str | Path | None = None,
+               jsonl: bool = False) -> list[str]:
+    """Texts from the command line, else one per non-blank line of ``file`` or of stdin —
+    or, with ``jsonl`` (or a ``.jsonl`` file), the run's text column (a generative run's
+    prompt column) of one JSON object per line. A span run reads JSON objects itself."""
+    if texts:
+        return texts
+    column, problem = "text", None
+    if run_dir is not None and (Path(run_dir) / "config.json").is_file():
+        f = json.loads((Path(run_dir) / "config.json").read_text()).get("finetune") or {}
+        problem, data = f.get("problem"), f.get("data") or {}
+        column = data.get("prompt_column" if problem == "generate" else "text_column", "text")
+    if problem != "span" and (jsonl or str(file or "").endswith(".jsonl")):
+        return read_jsonl_column(file, column, "prompt" if problem == "generate" else "text")
+    return read_lines(file, "text")
 
 
 class Predictor:
@@ -126,6 +138,7 @@ class Predictor:
 
     @staticmethod
     def format_row(text: str, row: dict[str, Any]) -> str:
+        text = " ".join(text.split())  # one line per input, whatever the text holds
         short = text if len(text) <= 70 else text[:67] + "..."
         if "value" in row:
             return f"{row['value']:.4f}\t{short}"

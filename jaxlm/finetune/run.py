@@ -208,9 +208,9 @@ def setup(cfg: Config, devices: list[Any] | None = None) -> tuple[Run, Labeled]:
 def evaluate(run: Run, data: Labeled, params: Any, split: str) -> tuple[dict[str, float], Any]:
     """(metrics, summed counts incl. the confusion matrix) of ``params`` on ``split``."""
     encoded = data.splits[split]
-    batches = (data.global_batch(run, encoded, rows)
-               for rows in eval_plan(encoded.lengths, run.settings.batch))
-    totals = evaluate_sums(run.eval_step, params, batches)
+    plan = eval_plan(encoded.lengths, run.settings.batch)
+    batches = (data.global_batch(run, encoded, rows) for rows in plan)
+    totals = evaluate_sums(run.eval_step, params, batches, run.bar(f"eval {split}"), len(plan))
     return run.task.eval_metrics(totals), totals
 
 

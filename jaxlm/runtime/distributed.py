@@ -360,6 +360,7 @@ def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
     named by ``setting`` (``train.run_dir`` or ``finetune.run_dir``) can be written, then
     :func:`setup_process_log` in it. Safe to call more than once."""
     first = process_log.path() is None
+    compilation_cache(cfg.compile)
     me = initialize(cfg.distributed)
     section, key = setting.split(".")
     run_dir = getattr(getattr(cfg, section), key)
@@ -374,6 +375,23 @@ def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
                  jax.device_count(), me.heartbeat_timeout, path)
         _no_compilation_cache_on_cpu()
     return me
+
+
+def compilation_cache(c: Any) -> None:
+    """Turn JAX's persistent compilation cache on (``compile.cache``), in
+    ``compile.cache_dir``, else ``$JAX_COMPILATION_CACHE_DIR``, else the user's cache
+    directory; steps that compile in under a second are not worth a file."""
+    import jax
+
+    if not c.cache:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    where = c.cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxlm", "xla")
+    if jax.config.jax_compilation_cache_dir != where:
+        jax.config.update("jax_compilation_cache_dir", where)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _no_compilation_cache_on_cpu() -> None:

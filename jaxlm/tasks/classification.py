@@ -151,16 +151,30 @@ def class_report(confusion: np.ndarray, names: list[str]) -> list[dict[str, Any]
                                                            support, strict=True)]
 
 
+MATRIX_MAX = 10  # classes up to which the whole confusion matrix is printed
+TOP_CONFUSIONS = 10
+
+
 def format_report(confusion: np.ndarray, names: list[str]) -> str:
-    """The per-class table and the confusion counts, as printed at the end of fine-tuning."""
+    """The per-class table and the confusion counts, as printed at the end of fine-tuning:
+    the whole matrix up to ``MATRIX_MAX`` classes, else the most frequent confusions (the
+    matrix is in ``report.json``)."""
     rows = class_report(confusion, names)
-    width = max(8, *(len(n) for n in names))
+    width = min(max(8, *(len(n) for n in names)), 32)
     lines = [f"{'label':<{width}}  precision  recall     f1  support"]
-    lines += [f"{r['label']:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  "
+    lines += [f"{r['label'][:width]:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  "
               f"{r['f1']:5.3f}  {r['support']:7d}" for r in rows]
+    cm = np.asarray(confusion).astype(int)
+    if len(names) > MATRIX_MAX:
+        off = [(int(cm[i, j]), i, j) for i in range(len(names)) for j in range(len(names))
+               if i != j and cm[i, j] > 0]
+        top = sorted(off, key=lambda t: (-t[0], t[1], t[2]))[:TOP_CONFUSIONS]
+        lines += ["", f"most frequent confusions ({len(off)} pairs; the whole {len(names)} x "
+                  f"{len(names)} matrix is in report.json)"]
+        lines += [f"{n:>5d}  {names[i][:width]} -> {names[j][:width]}" for n, i, j in top]
+        return "\n".join(lines)
     lines += ["", "confusion (rows: true, columns: predicted)",
               " " * (width + 2) + " ".join(f"{i:>5d}" for i in range(len(names)))]
-    cm = np.asarray(confusion).astype(int)
-    lines += [f"{i:>2d} {name:<{width - 1}} " + " ".join(f"{v:>5d}" for v in row)
+    lines += [f"{i:>2d} {name[:width - 1]:<{width - 1}} " + " ".join(f"{v:>5d}" for v in row)
               for i, (name, row) in enumerate(zip(names, cm, strict=True))]
     return "\n".join(lines)

@@ -89,6 +89,11 @@ class Run:
     def local_batch(self) -> int:
         return self.settings.batch // jax.process_count()
 
+    def bar(self, what: str) -> str | None:
+        """A progress bar's description for ``what`` on this process, or None (no bar: not
+        process 0, or ``logging.progress=false``)."""
+        return what if self.primary and self.cfg.logging.progress else None
+
     def log(self, msg: str) -> None:
         """One line to the terminal, from process 0 (above the progress bar)."""
         if self.primary:
@@ -176,17 +181,20 @@ def fit(run: Run, batches: Batches, ckpt: Checkpointer, writer: MetricsWriter, *
         stats: Stats, evals: Eval | None = None,
         progress: Callable[[], dict[str, Any] | None] = lambda: None,
         profiler: StepProfiler | None = None, memory_report: bool = False,
-        desc: str = "train") -> Outcome:
+        desc: str = "train", lengths: int | None = None) -> Outcome:
     """Train ``run.state`` from its step to ``run.settings.steps`` (see the module
     docstring). ``stats`` gives the throughput figures logged for a window of steps (the
     first step, mostly compilation, is never timed); ``progress`` the objective's record
-    saved with every checkpoint. Closes ``batches`` and ``ckpt`` (a save in flight is final
-    when this returns)."""
+    saved with every checkpoint. ``lengths``: how many padded batch shapes the objective
+    can feed; each new one is announced as it compiles (k of n), and the progress bar's
+    elapsed time and ETA leave compiling steps out. Closes ``batches`` and ``ckpt`` (a save
+    in flight is final when this returns)."""
     cfg, s = run.cfg, run.settings
     start = int(run.state.step)
     out = Outcome(steps=start, last={})
     bar = tqdm(total=s.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
-               disable=not (run.primary and cfg.logging.progress))
+               smoothing=0, disable=not (run.primary and cfg.logging.progress))
+    shapes: set[tuple[int, ...]] = set()
     preemption = PreemptionWatcher()  # SIGTERM: save after this step and stop
     window = Window()
     try:
@@ -196,7 +204,18 @@ def fit(run: Run, batches: Batches, ckpt: Checkpointer, writer: MetricsWriter, *
                 _memory_report(run, fed.batch, writer, step)
             if profiler is not None:
                 profiler.before(step + 1)
+            shape = tuple(next(iter(fed.batch.values())).shape)
+            compiling = shape not in shapes
+            if compiling:
+                shapes.add(shape)
+                of = f" ({len(shapes)} of at most {lengths})" if lengths else ""
+                run.log(f"compiling the train step for batches of {' x '.join(map(str, shape))}"
+                        f"{of}")
+                t0 = time.perf_counter()
             run.state, metrics = run.train_step(run.state, fed.batch)
+            if compiling and not bar.disable:  # the bar's rate (so ETA): steady steps only
+                jax.block_until_ready(metrics)
+                bar.start_t += time.perf_counter() - t0
             if profiler is not None and profiler.after(step + 1, run.state):
                 writer.event(step + 1, "profile", path=str(profiler.log_dir),
                              steps="{}-{}".format(*profiler.range))
@@ -251,12 +270,16 @@ def fit(run: Run, batches: Batches, ckpt: Checkpointer, writer: MetricsWriter, *
 
 
 def evaluate(eval_step: Callable[[Any, Batch], Any], params: Any,
-             batches: Iterable[Batch]) -> dict[str, Any] | None:
+             batches: Iterable[Batch], desc: str | None = None,
+             total: int | None = None) -> dict[str, Any] | None:
     """The task's loss sums of ``params`` over ``batches`` (global batches), added up on
     the mesh; None when there were none. The one evaluation loop (pretraining's held-out
     stream, fine-tuning's splits, ``jaxlm evaluate``): the task's ``eval_metrics`` of the
-    sums gives the metrics."""
+    sums gives the metrics. ``desc``: show a progress bar (``total`` batches) under it."""
     totals = None
+    if desc is not None:
+        batches = tqdm(batches, desc=desc, total=total, unit="batch", leave=False,
+                       dynamic_ncols=True)
     for batch in batches:
         totals = add_sums(totals, eval_step(params, batch))
     return totals
