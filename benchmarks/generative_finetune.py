@@ -14,33 +14,19 @@ fine-tuning" section of BENCHMARKS.md. One CPU device.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from report import BENCHMARKS_MD, replace_section  # benchmarks/report.py
+from report import BENCHMARKS_MD, replace_section
+from report import run_cli as jaxlm  # benchmarks/report.py
 
 from jaxlm.runtime.hardware import describe_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "configs/finetune/summarize.yaml"
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
-
-def jaxlm(*args: str) -> tuple[dict, str, float]:
-    """Run the CLI on one device: (its --json result, its stderr, wall seconds)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "jaxlm.cli", *args, "logging.progress=false",
-                           "--json"], cwd=ROOT, env=ENV, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"jaxlm {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr + proc.stdout, \
-        time.perf_counter() - t0
 
 
 def summary(values: list[float]) -> str:

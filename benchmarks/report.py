@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
@@ -18,3 +25,15 @@ def replace_section(path: Path, heading: str, body: str) -> None:
         rest = "\n" + text[end + 1 :] if end >= 0 else ""  # a blank line before the next one
         text = text[:start] + body.rstrip("\n") + "\n" + rest
     path.write_text(text)
+
+
+def run_cli(*args: str) -> tuple[dict, str, float]:
+    """Run the jaxlm CLI on one CPU device: (its --json result, its output, wall seconds);
+    a failure stops the benchmark with the command's last output."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jaxlm.cli", *args, "logging.progress=false",
+                           "--json"], cwd=ROOT, env=ONE_DEVICE, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"jaxlm {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr + proc.stdout, \
+        time.perf_counter() - t0

@@ -66,10 +66,8 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
         raise CheckpointError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     directory, found = locate(path)
     with SavedRun(directory) as run:
-        step = run.step(step if step is not None else found)
+        step, config = _step_to_write(run, step if step is not None else found, out, overwrite)
         out = Path(out)
-        _refuse_nonempty(out, overwrite)
-        config = run.config(step)
         shapes = merged_shapes(run, step, config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = _unflatten({k: jax.ShapeDtypeStruct(shape, np.float32, sharding=device)
@@ -85,6 +83,14 @@ def export(path: str | Path, out: str | Path, dtype: str = "float32",
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _copy_tokenizer(tokenizer_name(config), out)
     return out / WEIGHTS
+
+
+def _step_to_write(run: SavedRun, step: int | None, out: str | Path,
+                   overwrite: bool) -> tuple[int, dict[str, Any]]:
+    """(the complete step to export, its config), once ``out`` is known to be writable."""
+    step = run.step(step)
+    _refuse_nonempty(Path(out), overwrite)
+    return step, run.config(step)
 
 
 def _refuse_nonempty(out: Path, overwrite: bool) -> None:
@@ -103,10 +109,8 @@ def export_adapters(path: str | Path, out: str | Path, step: int | None = None,
 
     directory, found = locate(path)
     with SavedRun(directory) as run:
-        step = run.step(step if step is not None else found)
+        step, config = _step_to_write(run, step if step is not None else found, out, overwrite)
         out = Path(out)
-        _refuse_nonempty(out, overwrite)
-        config = run.config(step)
         if not ((config.get("model") or {}).get("lora") or {}).get("rank"):
             raise CheckpointError(f"--adapters-only: {path} was not fine-tuned with LoRA "
                                   "(finetune.lora.rank=0), so it has no adapters; export it "
