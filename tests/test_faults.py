@@ -55,6 +55,7 @@ def test_corrupted_checkpoint_bytes_are_caught_and_the_previous_one_used(tmp_pat
         2, 4, 6]
 
 
+@pytest.mark.slow
 def test_export_refuses_a_nonempty_directory_unless_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
     assert train(run, "train.steps=2") == 0

@@ -106,6 +106,7 @@ def test_sharded_finetuning_matches_single_device(backbone, data, tmp_path):
     assert single[-1] != single[0]
 
 
+@pytest.mark.slow
 def test_predict_probabilities_sum_to_one_and_match_eval(backbone, data, tmp_path, capsys):
     assert main(finetune_args(tmp_path, backbone, data)) == 0
     capsys.readouterr()
@@ -129,6 +130,7 @@ def test_predict_probabilities_sum_to_one_and_match_eval(backbone, data, tmp_pat
     assert "macro_f1" in capsys.readouterr().out  # --data, the old name, still works
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem,extra", [
     ("multi_label", ["finetune.data.label_separator=,"]),
     ("regression", []),
@@ -173,6 +175,7 @@ def test_token_classification_trains_from_the_cli(tmp_path, capsys):
     assert report["labels"] == ["ANIMAL", "FRUIT", "O"] and len(report["confusion"]) == 3
 
 
+@pytest.mark.slow
 def test_finetuning_leaves_train_and_data_settings_alone(backbone, data, tmp_path, capsys):
     """Fine-tuning runs from finetune.* alone: the saved config keeps train.* and data.* as
     given; the resolved tokenizer / max length are recorded under finetune; progress is its

@@ -4,6 +4,7 @@ their size said once), progress bars on evaluation, a readable report for many c
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from finetunehelpers import finetune_args, pretrain, synthetic_dir
 
 from jaxlm.checkpoint.reader import SavedRun
@@ -11,6 +12,7 @@ from jaxlm.cli import main
 from jaxlm.tasks.classification import format_report
 
 
+@pytest.mark.slow
 def test_fine_tuning_saves_at_epoch_ends_keeping_best_and_latest(tmp_path, capsys):
     backbone = pretrain(tmp_path / "pre")
     data = synthetic_dir(tmp_path / "data", n_train=48, n_eval=16)
@@ -58,6 +60,7 @@ def test_report_of_many_classes_lists_top_confusions_not_the_matrix():
     assert "confusion (rows: true, columns: predicted)" in small
 
 
+@pytest.mark.slow
 def test_the_cli_keeps_compiled_steps_in_a_persistent_cache(tmp_path):
     import os
     import subprocess

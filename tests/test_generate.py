@@ -73,7 +73,8 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n.endswith("_scan") else n for n in MODELS])
 def test_cached_decoding_equals_full_forward_at_every_step(name):
     cfg = tiny_config(**MODELS[name])
     engine, params, host = engine_for(cfg)

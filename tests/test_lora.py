@@ -101,6 +101,7 @@ def test_lora_resume_after_interruption_is_exact(tmp_path, lora_run, backbone, c
     assert resumed["accuracy"] == full["accuracy"] and resumed["loss"] == full["loss"]
 
 
+@pytest.mark.slow
 def test_lora_generate_and_span(tmp_path, backbone, capsys):
     task = write_task(tmp_path / "gen", n_train=32, n_eval=8)
     finetune(tmp_path, "gen_run", backbone, task, "finetune.problem=generate", *LORA,
@@ -178,6 +179,7 @@ def test_plan_of_a_finetune_run_shows_what_lora_saves(tmp_path, backbone, capsys
     assert 0 < trained < float(re.search(r"trains ([\d.]+)M", full).group(1)) / 5
 
 
+@pytest.mark.slow
 def test_bf16_frozen_backbone_and_adapters_sharded_like_their_kernels(tmp_path, backbone,
                                                                        capsys):
     from jaxlm.config import load_config

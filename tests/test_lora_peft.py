@@ -44,6 +44,7 @@ def jaxlm_logits(run_dir: Path, module_of, tokens: np.ndarray, *args) -> np.ndar
     return np.asarray(module.apply({"params": params}, tokens, *args))
 
 
+@pytest.mark.slow
 def test_peft_adapter_of_a_gpt2_generate_run_matches_in_pytorch(tmp_path, capsys):
     peft = need_peft()
     torch, tf = need_torch()

@@ -116,6 +116,7 @@ def test_attention_gradients_agree_and_bf16_backward_runs_in_bf16(dtype):
         assert all(x.aval.dtype == jnp.bfloat16 for e in dots for x in e.invars)
 
 
+@pytest.mark.slow
 def test_causal_blocks_skip_only_masked_scores():
     """The causal core over query blocks (L = 512: 4 blocks) equals the one-block core, with
     packed segments, values and gradients."""
@@ -179,7 +180,7 @@ def test_auto_settings_are_resolved_before_a_model_is_built():
     DecoderLM(resolved).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
 def test_scaled_residual_init_shrinks_only_the_residual_projections(family):
     """``model.residual_init=scaled``: attention out and MLP down are drawn with
     0.02/sqrt(2 n_layers) (GPT-2/nanoGPT); every other projection keeps 0.02, as does plain."""

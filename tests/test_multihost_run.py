@@ -33,8 +33,6 @@ from jaxlm.config import load_config
 from jaxlm.runtime.distributed import FATAL_MARKER
 from jaxlm.train.pretrain import setup, train
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
 SAME_BATCHES = [  # see the module docstring
@@ -128,6 +126,7 @@ def test_checkpoint_of_two_processes_restores_in_one(runs):
                for a, b in zip(leaves, fresh, strict=True))
 
 
+@pytest.mark.slow
 def test_killing_a_process_ends_the_other_in_bounded_time_and_a_relaunch_resumes(tmp_path):
     heartbeat, steps = 4, 30
     run_dir, log_dir = tmp_path / "run", tmp_path / "launch_logs"

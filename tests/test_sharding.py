@@ -56,7 +56,9 @@ def reference():
     return {fam: train3((1, 1, 1), fam) for fam in ("gpt2", "llama")}
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)])
+@pytest.mark.parametrize("mesh_shape", [pytest.param((8, 1, 1), marks=pytest.mark.slow),
+                                        pytest.param((1, 8, 1), marks=pytest.mark.slow),
+                                        (1, 1, 8), (2, 2, 2)])
 def test_sharded_equals_single_device(reference, mesh_shape):
     ref_losses, ref_init, ref_params, _ = reference["gpt2"]
     losses, init, params, state = train3(mesh_shape)
