@@ -76,18 +76,34 @@ for ((i = 0; i < nproc_; i++)); do
     flags=$(printf '%s' "${XLA_FLAGS:-}" | sed 's/--xla_force_host_platform_device_count=[0-9]*//g')
     export XLA_FLAGS="${flags:+$flags }--xla_force_host_platform_device_count=$ndev"
     if [[ $i -eq 0 ]]; then
-      exec "${jaxlm_cmd[@]}" "$@" > >(tee "$out") 2>&1
+      "${jaxlm_cmd[@]}" "$@" > >(tee "$out") 2>&1 &
     else
-      exec "${jaxlm_cmd[@]}" "$@" > "$out" 2>&1
+      "${jaxlm_cmd[@]}" "$@" > "$out" 2>&1 &
     fi
-  ) &
+    child=$!
+    echo "$child" > "$logdir/process_$i.pid"
+    trap 'kill -INT "$child" 2> /dev/null' INT
+    trap 'kill -TERM "$child" 2> /dev/null' TERM
+    while :; do  # this wrapper stays to note when its process ended: who failed first
+      code=0
+      wait "$child" || code=$?
+      ended=$EPOCHREALTIME
+      kill -0 "$child" 2> /dev/null || break  # (else a forwarded signal ended the wait)
+    done
+    echo "${ended/[.,]/}" > "$logdir/process_$i.ended"  # microseconds
+    exit "$code"
+  ) 2> /dev/null &
   pids+=("$!")
-  echo "$!" > "$logdir/process_$i.pid"
 done
 
-stop_all() {  # forward a signal to every process still running
-  local sig=$1 pid
+stop_all() {  # forward a signal to every process still running (KILL: the jaxlm processes too)
+  local sig=$1 pid i
   for pid in "${pids[@]}"; do kill "-$sig" "$pid" 2> /dev/null || true; done
+  if [[ $sig == KILL ]]; then
+    for ((i = 0; i < nproc_; i++)); do
+      kill -KILL "$(cat "$logdir/process_$i.pid" 2> /dev/null)" 2> /dev/null || true
+    done
+  fi
 }
 trap 'stop_all INT' INT
 trap 'stop_all TERM' TERM
@@ -134,6 +150,13 @@ while [[ $running -gt 0 ]]; do
 done 2> /dev/null
 
 status=0
+for ((i = 0; i < nproc_; i++)); do  # the failure that ended first, by the wrappers' clocks
+  if [[ ${codes[$i]} -ne 0 ]]; then
+    # (no record: its wrapper was killed with it after the grace period, so it ended last)
+    t=$(cat "$logdir/process_$i.ended" 2> /dev/null || echo 9000000000000000000)
+    if [[ -z "${first_t:-}" || $t -lt $first_t ]]; then first_failure=$i first_t=$t; fi
+  fi
+done
 for ((i = 0; i < nproc_; i++)); do
   if [[ ${codes[$i]} -ne 0 ]]; then
     echo "local.sh: process $i $(describe "${codes[$i]}")" >&2

@@ -56,11 +56,21 @@ def test_shell_scripts_pass_shellcheck():
 
 
 STUB = """
-import os, sys, time
+import os, signal, sys, time
+from pathlib import Path
 i = int(os.environ["JAXLM_PROCESS_ID"])
 print("process", i, "of", os.environ["JAXLM_NUM_PROCESSES"], "at",
       os.environ["JAXLM_COORDINATOR_ADDRESS"], os.environ["XLA_FLAGS"], sys.argv[1:], flush=True)
-time.sleep(0.3 * i)
+flag = os.environ.get("STUB_FLAG")
+if flag and i == 1:  # dies first, a moment after leaving word for process 0
+    Path(flag).touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+if flag and i == 0:  # stops because process 1 died, as jaxlm's processes do (it looks first)
+    while not Path(flag).exists():
+        time.sleep(0.005)
+    time.sleep(0.1)
+    sys.exit(1)
+time.sleep(float(os.environ.get("STUB_SLEEP_" + str(i), 0.3 * i)))
 sys.exit(int(os.environ.get("STUB_FAIL_" + str(i), "0")))
 """
 
@@ -96,6 +106,23 @@ def test_local_sh_fails_when_any_process_fails(tmp_path, stub):
     assert "process 1 exited with status 3" in proc.stderr
     assert "process 2 exited with status 5" in proc.stderr
     assert "FAILED: process 1 failed first" in proc.stderr
+
+
+def test_local_sh_names_the_process_that_died_first(tmp_path, stub):
+    # process 1 is killed; process 0, lower in the watch order, fails 0.1 s later because of it
+    proc = bash("local.sh", "-n", "2", "-d", "1", "-o", str(tmp_path / "logs"), "train",
+                env={**stub, "STUB_FLAG": str(tmp_path / "flag")})
+    assert proc.returncode == 137, proc.stderr
+    assert "process 1 was killed by SIGKILL" in proc.stderr
+    assert "FAILED: process 1 failed first" in proc.stderr, proc.stderr
+
+
+def test_processes_killed_after_the_grace_period_are_not_blamed(tmp_path, stub):
+    proc = bash("local.sh", "-n", "2", "-d", "1", "-g", "1", "-o", str(tmp_path / "logs"),
+                "train", env={**stub, "STUB_FAIL_1": "3", "STUB_SLEEP_0": "60"})
+    assert proc.returncode == 3, proc.stderr
+    assert "still running 1s after process 1 failed; killing them" in proc.stderr
+    assert "FAILED: process 1 failed first" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args, words", [
