@@ -393,3 +393,22 @@ def test_yaml_errors_keep_their_line_and_column(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "line 4, column 6" in msg
     assert "flow sequence started at line 3, column 13" in msg
+
+
+def test_an_unwritable_datasets_cache_is_named_not_the_data(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    from jaxlm.cli import main
+    from jaxlm.data.errors import DataError
+    from jaxlm.finetune.labeled import _read_local
+
+    (tmp_path / "a_file").write_text("")  # a cache under a file: not writable, even for root
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "a_file" / "c"))
+    assert main(["train", TINY, f"train.run_dir={tmp_path / 'run'}", "train.steps=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "datasets cache" in err[0] and "not writable" in err[0], err
+    assert "set HF_DATASETS_CACHE to a writable directory" in err[0] and "source" not in err[0]
+    data = tmp_path / "labeled.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n')
+    with pytest.raises(DataError, match="HF_DATASETS_CACHE"):  # fine-tuning data as well
+        _read_local([str(data)], "json")

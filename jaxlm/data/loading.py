@@ -154,11 +154,30 @@ def detect_format(cfg: SourceConfig, files: list[str]) -> str:
     return kinds.pop()  # type: ignore[return-value]
 
 
+def check_datasets_cache() -> None:
+    """Refuse a Hugging Face datasets cache that cannot be written, in one line naming the
+    variable: ``datasets`` writes there even for local files, and would otherwise fail as if
+    the data file were bad."""
+    import tempfile
+
+    import datasets
+
+    cache = str(datasets.config.HF_DATASETS_CACHE)
+    try:
+        os.makedirs(cache, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache).close()
+    except OSError as e:
+        raise DataError(f"the Hugging Face datasets cache {cache} is not writable "
+                        f"({e.strerror}); set HF_DATASETS_CACHE to a writable directory, e.g. "
+                        f"HF_DATASETS_CACHE={tempfile.gettempdir()}/hf-datasets") from None
+
+
 def load_base(cfg: SourceConfig) -> tuple[Any, str | None]:
     """The unshuffled streaming ``datasets.IterableDataset`` of a source (all hosts, all
     shards) and its local format (None for a hub dataset)."""
     import datasets
 
+    check_datasets_cache()
     files = resolve_files(cfg)
     label = source_label(cfg)
     if files is None:  # a hub dataset

@@ -27,7 +27,7 @@ import numpy as np
 from jaxlm.config import LabeledDataConfig, SourceConfig
 from jaxlm.data.errors import DataError
 from jaxlm.data.hub import load_hub
-from jaxlm.data.loading import detect_format, one_line, read_error
+from jaxlm.data.loading import check_datasets_cache, detect_format, one_line, read_error
 from jaxlm.data.tokenizer import special_ids
 from jaxlm.runtime.quiet import JSON_ERRORS
 
@@ -83,6 +83,7 @@ def _read_local(files: list[str], fmt: str) -> Any:
     if builder == "text":
         raise DataError(f"labeled data must be csv, jsonl or parquet, not text: {files[0]}")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if files[0].endswith((".tsv", ".tsv.gz")) else {}
+    check_datasets_cache()
     datasets.disable_progress_bars()  # small files: a bar per split is noise
     cfg = SourceConfig(path=files, format=builder)
     if builder == "json":
