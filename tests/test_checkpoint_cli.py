@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,3 +157,14 @@ def test_export_cli(tmp_path, reference):
     bad = subprocess.run([sys.executable, "-m", "jaxlm.cli", "export", str(tmp_path / "none"),
                           str(out)], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert bad.returncode == 2 and "does not exist" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_resuming_with_another_train_steps_says_the_schedule_changed(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    code, out, err = finish(start(run_dir, f"train.steps={STEPS + 2}"))
+    assert code == 0, err[-3000:]
+    said = [line for line in (out + err).splitlines() if "another learning-rate schedule" in line]
+    assert len(said) == 1, out[-3000:]
+    assert f"train.steps={STEPS} (checkpoint) vs {STEPS + 2}" in said[0]
+    assert sorted(losses(run_dir))[-1] == STEPS + 2

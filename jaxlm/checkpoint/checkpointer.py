@@ -50,6 +50,7 @@ from jaxlm.checkpoint.compat import (
     describe_mismatch,
     locate,
     mismatches,
+    schedule_differences,
     tokenizer_reference,
 )
 from jaxlm.checkpoint.integrity import write_manifest
@@ -244,6 +245,10 @@ class Checkpointer:
     def _check_compatible(self, where: Path, saved_cfg: dict[str, Any],
                           saved_tok: dict[str, Any]) -> None:
         diffs = config_differences(saved_cfg, self.cfg, self.compat_keys)
+        if changed := schedule_differences(saved_cfg, self.cfg):
+            self.log(f"warning: resuming {where} with another learning-rate schedule "
+                     f"({'; '.join(changed)}): the steps after it follow the new one, so they "
+                     "differ from an uninterrupted run of the checkpoint's config")
         if saved_tok.get("sha256") != self.tokenizer_ref["sha256"]:
             diffs.append(f"tokenizer {saved_tok.get('tokenizer')!r} (checkpoint) differs from "
                          f"{self.tokenizer_ref['tokenizer']!r}")

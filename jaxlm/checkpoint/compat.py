@@ -106,6 +106,17 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
+SCHEDULE_KEYS = ("train.steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio")
+
+
+def schedule_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """The pretraining learning-rate schedule's settings that a resumed run changed (they are
+    allowed: a run may be extended, but its schedule is then recomputed)."""
+    now = cfg.to_dict()
+    return [f"{k}={_get(saved, k)!r} (checkpoint) vs {_get(now, k)!r}" for k in SCHEDULE_KEYS
+            if _get(saved, k) is not _ABSENT and _get(saved, k) != _get(now, k)]
+
+
 def config_differences(saved: dict[str, Any], cfg: Config,
                        extra: tuple[str, ...] = ()) -> list[str]:
     """What makes a saved run incompatible with ``cfg``: the model architecture,
