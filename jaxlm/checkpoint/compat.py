@@ -112,8 +112,12 @@ SCHEDULE_KEYS = ("train.steps", "train.lr", "train.warmup_steps", "train.min_lr_
 def schedule_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     """The pretraining learning-rate schedule's settings that a resumed run changed (they are
     allowed: a run may be extended, but its schedule is then recomputed)."""
-    now = cfg.to_dict()
-    return [f"{k}={_get(saved, k)!r} (checkpoint) vs {_get(now, k)!r}" for k in SCHEDULE_KEYS
+    return _differing(saved, cfg.to_dict(), SCHEDULE_KEYS)
+
+
+def _differing(saved: dict[str, Any], now: dict[str, Any], keys: Any) -> list[str]:
+    """``key=saved (checkpoint) vs now`` for each dotted key set in both and different."""
+    return [f"{k}={_get(saved, k)!r} (checkpoint) vs {_get(now, k)!r}" for k in keys
             if _get(saved, k) is not _ABSENT and _get(saved, k) != _get(now, k)]
 
 
@@ -125,5 +129,4 @@ def config_differences(saved: dict[str, Any], cfg: Config,
     now = cfg.to_dict()
     keys = [f"model.{k}" for k in now["model"] if k not in RUNTIME_MODEL_FIELDS]
     keys += ["data.seq_len", "train.global_batch", *extra]
-    return [f"{k}={_get(saved, k)!r} (checkpoint) vs {_get(now, k)!r}" for k in keys
-            if _get(saved, k) is not _ABSENT and _get(saved, k) != _get(now, k)]
+    return _differing(saved, now, keys)
