@@ -113,16 +113,32 @@ def _is_finetune(args: argparse.Namespace) -> bool:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from jaxlm.finetune.predict import load_run, read_texts
+    import itertools
+    import time
 
-    texts = read_texts(args.texts, args.file, args.run_dir, args.jsonl_input)
+    from jaxlm.finetune.predict import load_run, text_batches
+
+    batches = text_batches(args.texts, args.file, args.run_dir, args.jsonl_input,
+                           args.batch_size)
+    first = next(batches)  # the input is checked before the run is loaded
     predictor = load_run(args.run_dir, step=args.step)
-    rows = predictor.predict(texts, batch_size=args.batch_size)
-    for text, row in zip(texts, rows, strict=True):
-        if args.json:
-            print(json.dumps(predictor.record(text, row)), flush=True)
-        else:
-            print(predictor.format_row(text, row), flush=True)
+    t0, n = time.perf_counter(), 0
+    for batch in itertools.chain([first], batches):  # streamed: one batch held at a time
+        given = [text for text in batch if text.strip()]
+        rows = iter(predictor.predict(given, batch_size=args.batch_size) if given else [])
+        for text in batch:
+            if not text.strip():  # an empty input keeps its line, with an empty result
+                print(json.dumps({"text": text, "skipped": "empty input"}) if args.json else "",
+                      flush=True)
+                continue
+            row = next(rows)
+            print(json.dumps(predictor.record(text, row)) if args.json
+                  else predictor.format_row(text, row), flush=True)
+            n += 1
+    if not args.texts:
+        secs = time.perf_counter() - t0
+        print(f"predicted {n} texts in {secs:.1f} s ({n / max(secs, 1e-9):.1f} texts/s)",
+              file=sys.stderr)
     return 0
 
 

@@ -60,6 +60,25 @@ def test_frozen_backbone_is_unchanged_and_head_learns(backbone, data, tmp_path, 
     result = last_json(out.out)
     after = saved_backbone(tmp_path, step=result["best_step"])
     jax.tree.map(np.testing.assert_array_equal, after, saved_backbone(backbone))
+    # predict streams stdin in batches: one output line per input line, blank ones too
+    import io
+    import sys
+
+    class Stdin(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return False
+
+    sys_stdin = sys.stdin
+    sys.stdin = Stdin(io.BytesIO(b"apple pie\n\nzebra\nkiwi\n"), encoding="utf-8")
+    try:
+        assert main(["predict", str(tmp_path), "--json", "--batch-size", "2"]) == 0
+    finally:
+        sys.stdin = sys_stdin
+    out = capsys.readouterr()
+    rows = [json.loads(x) for x in out.out.strip().splitlines()]
+    assert [r["text"] for r in rows] == ["apple pie", "", "zebra", "kiwi"]
+    assert rows[1] == {"text": "", "skipped": "empty input"} and "scores" in rows[3]
+    assert "predicted 3 texts in" in out.err and "texts/s" in out.err
 
 
 @pytest.mark.slow

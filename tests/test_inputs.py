@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from jaxlm.cli import main
-from jaxlm.data.inputs import read_lines
+from jaxlm.data.inputs import line_batches, read_lines
 from jaxlm.errors import UserError
 
 BINARY = bytes(range(256)) * 4  # 0x80.. is not UTF-8
@@ -73,3 +73,17 @@ def test_version_and_defaults_in_help(capsys):
         with pytest.raises(SystemExit):
             main([*verb, "--help"])
         assert shown in " ".join(capsys.readouterr().out.split()), verb
+
+
+def test_lines_stream_in_batches_and_keep_blank_ones(monkeypatch):
+    read = []
+
+    class Lines(io.BytesIO):  # records how far the reader got
+        def __next__(self):
+            read.append(line := super().__next__())
+            return line
+
+    monkeypatch.setattr(sys, "stdin", Stdin(Lines(b"a\n\nb\r\nc\nd"), encoding="utf-8"))
+    batches = line_batches(None, "text", size=2)
+    assert next(batches) == ["a", ""] and len(read) == 2  # the rest is not read yet
+    assert list(batches) == [["b", "c"], ["d"]]

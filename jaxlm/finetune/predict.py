@@ -9,6 +9,7 @@ batches with one jitted forward per bucket.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from jaxlm.config import from_dict
 from jaxlm.data.errors import DataError
-from jaxlm.data.inputs import read_jsonl_column, read_lines
+from jaxlm.data.inputs import jsonl_batches, line_batches
 from jaxlm.data.pipeline import to_global
 from jaxlm.data.tokenizer import load_tokenizer
 from jaxlm.errors import UserError
@@ -33,21 +34,22 @@ from jaxlm.tasks.classification import format_report
 from jaxlm.train.trainer import evaluate
 
 
-def read_texts(texts: list[str], file: str | None, run_dir: str | Path | None = None,
-               jsonl: bool = False) -> list[str]:
-    """Texts from the command line, else one per non-blank line of ``file`` or of stdin —
-    or, with ``jsonl`` (or a ``.jsonl`` file), the run's text column (a generative run's
-    prompt column) of one JSON object per line. A span run reads JSON objects itself."""
+def text_batches(texts: list[str], file: str | None, run_dir: str | Path | None = None,
+                 jsonl: bool = False, size: int = 64) -> Iterator[list[str]]:
+    """Texts from the command line (one batch), else the lines of ``file`` or of stdin,
+    ``size`` at a time and blank ones kept (each input gets its output line) — or, with
+    ``jsonl`` (or a ``.jsonl`` file), the run's text column (a generative run's prompt
+    column) of one JSON object per line. A span run reads JSON objects itself."""
     if texts:
-        return texts
+        return iter([texts])
     column, problem = "text", None
     if run_dir is not None and (Path(run_dir) / "config.json").is_file():
         f = json.loads((Path(run_dir) / "config.json").read_text()).get("finetune") or {}
         problem, data = f.get("problem"), f.get("data") or {}
         column = data.get("prompt_column" if problem == "generate" else "text_column", "text")
     if problem != "span" and (jsonl or str(file or "").endswith(".jsonl")):
-        return read_jsonl_column(file, column, "prompt" if problem == "generate" else "text")
-    return read_lines(file, "text")
+        return jsonl_batches(file, column, "prompt" if problem == "generate" else "text", size)
+    return line_batches(file, "text", size)
 
 
 class Predictor:
