@@ -18,6 +18,7 @@ UTF-8 are replaced by U+FFFD and counted everywhere, and files that are not text
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -158,11 +159,15 @@ def check_datasets_cache() -> None:
     """Refuse a Hugging Face datasets cache that cannot be written, in one line naming the
     variable: ``datasets`` writes there even for local files, and would otherwise fail as if
     the data file were bad."""
-    import tempfile
-
     import datasets
 
-    cache = str(datasets.config.HF_DATASETS_CACHE)
+    _check_writable(str(datasets.config.HF_DATASETS_CACHE))
+
+
+@functools.cache  # once per directory and process, not once per source opened
+def _check_writable(cache: str) -> None:
+    import tempfile
+
     try:
         os.makedirs(cache, exist_ok=True)
         tempfile.TemporaryFile(dir=cache).close()
