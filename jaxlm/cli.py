@@ -393,15 +393,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except UserError as err:
+        _new_run_dirs(remove=True)
         return _fail(str(err))
     except TrainingError as err:
         return _fail(str(err), code=1)
     except OSError as err:  # a file jaxlm did not expect to fail on: one line all the same
         from jaxlm.runtime.rundir import NO_SPACE, os_errno, reason
 
-        return _fail(reason(err), code=1 if os_errno(err) in (*NO_SPACE, errno.EIO) else 2)
+        code = 1 if os_errno(err) in (*NO_SPACE, errno.EIO) else 2
+        _new_run_dirs(remove=code == EXIT_BAD_INPUT)
+        return _fail(reason(err), code=code)
     except KeyboardInterrupt:
         return _fail("interrupted", code=130)
+    finally:
+        _new_run_dirs(remove=False)
+
+
+def _new_run_dirs(remove: bool) -> None:
+    """Forget the run directories this command created; with ``remove`` (it failed on bad
+    settings or input), first remove those that hold only start-up files, so a failed start
+    leaves no empty run behind (:func:`jaxlm.runtime.rundir.cleanup`)."""
+    if "jaxlm.runtime.rundir" in sys.modules:  # else no run directory was prepared
+        sys.modules["jaxlm.runtime.rundir"].cleanup(remove)
 
 
 if __name__ == "__main__":

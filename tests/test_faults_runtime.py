@@ -370,6 +370,53 @@ def test_a_missing_eval_source_fails_before_training_or_saving(tmp_path, capsys)
     assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
 
 
+def test_a_failed_start_removes_the_run_dir_it_created_and_keeps_an_existing_one(tmp_path,
+                                                                                capsys):
+    """A bad data path (found after the run directory and its log exist) or a sample prompt
+    longer than the context (found after config.json and the metrics files are written)
+    leaves no run directory behind, nor the parents made for it; a directory that was there
+    before keeps all it held."""
+    from jaxlm.cli import main
+
+    new = tmp_path / "runs" / "new"
+    assert main(train_args(new, "data.train.0.path=/nonexistent")) == 2
+    assert "matches no readable file" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+    assert main(train_args(new, "train.steps=2", "train.sample_tokens=8",
+                           "train.sample_prompt=" + "ROMEO " * 200)) == 2
+    assert "train.sample_prompt" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+    old = tmp_path / "old"
+    (old / "notes").mkdir(parents=True)
+    (old / "notes" / "keep.txt").write_text("mine")
+    assert main(train_args(old, "data.train.0.path=/nonexistent")) == 2
+    capsys.readouterr()
+    assert (old / "notes" / "keep.txt").read_text() == "mine"
+    assert (old / "logs").is_dir()  # its log of the failed start stays with it
+
+
+def test_only_start_up_files_make_a_new_run_dir_disposable(tmp_path):
+    from jaxlm.runtime.rundir import _disposable
+
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "tensorboard").mkdir()
+    log = run / "logs" / "process_0.log"
+    for f in (log, run / "config.json", run / "metrics.jsonl",
+              run / "tensorboard" / "events.out.tfevents.1"):
+        f.write_text("" if f.name == "metrics.jsonl" else "x")
+    assert sorted(p.name for p in _disposable(run, log)) == [
+        "config.json", "events.out.tfevents.1", "metrics.jsonl", "process_0.log"]
+    assert _disposable(run, None) is None  # a log that is not this process's
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')  # a logged step
+    assert _disposable(run, log) is None
+    (run / "metrics.jsonl").write_text("")
+    (run / "checkpoints" / "2").mkdir()
+    (run / "checkpoints" / "2" / "state").write_text("x")  # a checkpoint
+    assert _disposable(run, log) is None
+
+
 def test_a_malformed_json_line_is_named_by_file_and_line(tmp_path, capsys):
     from jaxlm.cli import main
 

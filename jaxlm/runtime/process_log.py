@@ -120,3 +120,22 @@ def start(run_dir: str | Path, index: int, count: int, capture: bool) -> Path:
         log.addHandler(_file_handler)
     _log_path = target
     return target
+
+
+def release() -> Path | None:
+    """Stop writing this process's log file, so that it can be removed; returns its path.
+
+    Used when a run that failed at start-up removes the run directory it had just created
+    (:func:`jaxlm.runtime.rundir.cleanup`). In a one-process run the file handler is closed
+    and the log forgotten (a later :func:`start` begins a new one). In a multi-process run
+    the tees keep the transcript going: the file may still be unlinked, its last lines are
+    then simply not kept.
+    """
+    global _log_path, _file_handler
+    target = _log_path
+    if _file_handler is not None:
+        log.removeHandler(_file_handler)
+        _file_handler.close()
+        _file_handler = None
+        _log_path = None
+    return target

@@ -7,6 +7,13 @@ regular file, no permission — is a bad setting, found at start-up: :class:`Run
 fault: a :class:`~jaxlm.errors.TrainingError` (exit code 1) from :func:`write_error`. Both
 name the errno text, e.g. ``[Errno 28] No space left on device``, also when the error comes
 from tensorstore (Orbax's array writer), which reports it as ``[os_error_code='28']``.
+
+A run that fails on bad settings or input after :func:`prepare` created its directory (a data
+path that matches nothing, a sample prompt longer than the context) would leave an empty run
+directory behind, which the next attempt then takes for an earlier run's. :func:`cleanup`
+removes such a directory again, but only one that this process created and that holds nothing
+but what a run writes at start-up: never a directory that existed before, nor one with a
+checkpoint or a metrics row.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from pathlib import Path
 from jaxlm.errors import TrainingError, UserError
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# Run directory → the topmost directory that prepare() created for it (its parents included).
+_created: dict[Path, Path] = {}
+# What a run writes before its first step, and so may be removed with a run directory it
+# just created: its config and (empty) metrics files; checkpoints/ and profile/ only if empty.
+_START_FILES = ("config.json", "metrics.jsonl")
 
 
 class RunDirError(UserError):
@@ -74,7 +86,10 @@ def prepare(run_dir: str | Path, setting: str = "train.run_dir") -> None:
     path = Path(run_dir)
     doing = "created"
     try:
+        top = _first_missing(path)
         path.mkdir(parents=True, exist_ok=True)
+        if top is not None:
+            _created.setdefault(path.absolute(), top.absolute())
         doing = "written"
         probe = path / f".jaxlm-write-test-{os.getpid()}"
         probe.write_bytes(b"")
@@ -88,3 +103,72 @@ def prepare(run_dir: str | Path, setting: str = "train.run_dir") -> None:
                 if code in (errno.ENOTDIR, errno.EEXIST) else "")
         raise RunDirError(f"the run directory {path} cannot be {doing}: {reason(e)}{hint}; set "
                           f"{setting} to a writable directory") from None
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost part of ``path`` that does not exist yet (None: all of it exists)."""
+    missing = None
+    for part in (path, *path.parents):
+        if part.exists():
+            break
+        missing = part
+    return missing
+
+
+def _disposable(run_dir: Path, own_log: Path | None) -> list[Path] | None:
+    """The files to remove with ``run_dir``, if it holds nothing but what a run writes at
+    start-up (else None): this process's log, ``config.json``, an empty ``metrics.jsonl``,
+    TensorBoard event files when that metrics file is empty (no step was logged), and empty
+    directories. Another process's log, a checkpoint or anything unknown keeps it all."""
+    jsonl = run_dir / "metrics.jsonl"
+    no_rows = jsonl.is_file() and jsonl.stat().st_size == 0
+    files = []
+    for p in run_dir.rglob("*"):
+        if p.is_dir() and not p.is_symlink():
+            continue
+        rel = p.relative_to(run_dir)
+        ok = (p == own_log
+              or (str(rel) in _START_FILES and (rel.name != "metrics.jsonl" or no_rows))
+              or (rel.parts[0] == "tensorboard" and rel.name.startswith("events.") and no_rows))
+        if not ok or not p.is_file():
+            return None
+        files.append(p)
+    return files
+
+
+def cleanup(remove: bool) -> list[Path]:
+    """After a command: with ``remove`` (it failed on bad settings or input), remove each
+    run directory this process created that holds only start-up files (see
+    :func:`_disposable`), with the parents created for it; then forget them all, so a later
+    command in the same process (a notebook, a test) never removes a directory it did not
+    create. Returns the directories removed. A removal that fails leaves the rest in place."""
+    from jaxlm.runtime import process_log
+
+    created = dict(_created)
+    _created.clear()
+    removed: list[Path] = []
+    if not remove:
+        return removed
+    own_log = process_log.path()
+    own_log = own_log.absolute() if own_log is not None else None
+    for run_dir, top in created.items():
+        files = _disposable(run_dir, own_log) if run_dir.is_dir() else None
+        if files is None:
+            continue
+        if own_log in files:
+            process_log.release()  # close it before it is removed
+        try:
+            for f in files:
+                f.unlink()
+            dirs = sorted((d for d in run_dir.rglob("*") if d.is_dir()),
+                          key=lambda d: len(d.parts), reverse=True)
+            for d in [*dirs, run_dir]:
+                d.rmdir()  # only ever an empty directory
+            for parent in run_dir.parents:  # the parents created for it, up to the top one
+                if parent != top and top not in parent.parents:
+                    break
+                parent.rmdir()
+        except OSError:
+            continue
+        removed.append(run_dir)
+    return removed
