@@ -53,7 +53,7 @@ from typing import Any
 
 from jaxlm.config import Config, DistributedConfig
 from jaxlm.errors import TrainingError, UserError
-from jaxlm.runtime import process_log, rundir
+from jaxlm.runtime import agreement, process_log, rundir
 from jaxlm.runtime.coordinator import check_port_free, wait_for_coordinator
 from jaxlm.runtime.process_log import log_only
 
@@ -362,6 +362,8 @@ def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
     first = process_log.path() is None
     compilation_cache(cfg.compile)
     me = initialize(cfg.distributed)
+    if me.multi and first:
+        check_same_config(cfg, me)  # one line on every process, before anything is written
     section, key = setting.split(".")
     run_dir = getattr(getattr(cfg, section), key)
     rundir.prepare(run_dir, setting)  # one line, before anything is written there
@@ -375,6 +377,18 @@ def start(cfg: Config, setting: str = "train.run_dir") -> ProcessInfo:
                  jax.device_count(), me.heartbeat_timeout, path)
         _no_compilation_cache_on_cpu()
     return me
+
+
+def check_same_config(cfg: Config, me: ProcessInfo) -> None:
+    """Stop every process in one line unless all of them resolved the same config
+    (:mod:`jaxlm.runtime.agreement`, through the coordinator's key-value store)."""
+    from jax._src import distributed as jax_distributed  # the client handle is not public
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        return
+    agreement.check(cfg.model_dump(mode="json"), client, me.index, me.count,
+                    cfg.distributed.initialization_timeout)
 
 
 def compilation_cache(c: Any) -> None:
