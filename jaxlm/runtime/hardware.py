@@ -90,3 +90,16 @@ def describe_cpu() -> str:
     ``Intel(R) Xeon(R) ... (avx2, avx512f, avx512_bf16, amx_bf16)``."""
     has = [f for f in MATMUL_FLAGS if f in cpu_flags()]
     return f"{cpu_model()} ({', '.join(has) or 'no AVX2'})"
+
+
+def tpu_chips(root: str | Path = "/") -> list[str]:
+    """The device files of the TPU chips on this machine, e.g. ``['/dev/vfio/0']``; empty
+    where there are none (a CPU or GPU machine).
+
+    TPU v4 and v5p chips appear as ``/dev/accel<N>``; v5e and v6e chips (Colab's TPU runtime,
+    TPU VMs) as VFIO groups ``/dev/vfio/<N>`` beside the ``/dev/vfio/vfio`` control node, which
+    is not a chip. ``root`` is the file-system root to look under (a fake tree in tests)."""
+    dev = Path(root) / "dev"
+    found = [p for p in dev.glob("accel*") if p.name[5:].isdigit()]
+    found += [p for p in (dev / "vfio").glob("*") if p.name.isdigit()]
+    return sorted("/" + str(p.relative_to(root)) for p in found)

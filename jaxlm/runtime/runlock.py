@@ -3,9 +3,12 @@
 A run (``jaxlm train`` / ``jaxlm finetune``, process 0 of it) creates the lock file
 atomically before it writes anything, with its host, pid, command and start time, and
 refreshes its modification time every ``HEARTBEAT_S`` seconds. A second run on the same
-directory refuses in one line naming the holder. A lock whose holder is gone — its pid is
-not alive on this host, or (another host) its heartbeat is older than ``STALE_S`` — is taken
-over with a warning. The lock is removed when the run ends, however it ends.
+directory refuses in one line naming the holder (and, for a holder on another host, when its
+lock will count as stale). A stale lock — its pid is not alive on this host, it names this
+very process but no run in it holds it (a notebook kernel that ran before), or (another host,
+e.g. an ended Colab session's run directory on Google Drive) its heartbeat is older than
+``STALE_S`` — is taken over with a warning saying so. The lock is removed when the run ends,
+however it ends.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from jaxlm.errors import UserError
 LOCK = ".jaxlm.lock"
 HEARTBEAT_S = 20.0
 STALE_S = 120.0
+_HELD: set[Path] = set()  # the locks this process holds now
 
 
 class RunDirInUse(UserError):
@@ -57,14 +61,42 @@ class RunLock:
         self._me = {"host": socket.gethostname(), "pid": os.getpid(), "command": command,
                     "process": 0, "started": time.time()}
 
-    def _stale(self, holder: dict[str, Any]) -> bool:
-        if holder.get("host") == self._me["host"]:
-            return not _alive(int(holder.get("pid", -1)))
+    def _heartbeat_age(self) -> float | None:
+        """Seconds since the holder last refreshed the lock (None: the lock is gone)."""
         try:
-            age = time.time() - self.path.stat().st_mtime
+            return time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
-            return True
-        return age > STALE_S
+            return None
+
+    def _stale(self, holder: dict[str, Any]) -> str | None:
+        """Why the holder is gone (a stale lock), or None while it may still run."""
+        if holder.get("host") == self._me["host"]:
+            pid = int(holder.get("pid", -1))
+            if pid == self._me["pid"] and self.path.resolve() not in _HELD:
+                # This very process, which holds no lock here now: an earlier run in it (a
+                # notebook kernel) did not remove its lock, or a machine of the same name
+                # and pid wrote it.
+                return "it was left by an earlier run in this process"
+            return None if _alive(pid) else (f"that run is no longer running: pid {pid} is gone "
+                                             "from this host")
+        age = self._heartbeat_age()
+        if age is None:
+            return "its lock is gone"
+        return (f"that run is no longer running: its heartbeat stopped {age:.0f} s ago"
+                if age > STALE_S else None)
+
+    def _in_use(self, holder: dict[str, Any]) -> str:
+        msg = f"run directory {self.path.parent} is in use by {_describe(holder)}; "
+        age = self._heartbeat_age()
+        if holder.get("host") == self._me["host"] or age is None:
+            return msg + ("wait for it to end or use another run directory (a lock left by a "
+                          f"dead run is taken over; {self.path} holds it)")
+        # Another host (a run directory on shared storage, e.g. Google Drive from an earlier
+        # Colab session): its pid cannot be checked here, only its heartbeat.
+        return msg + (f"its lock was refreshed {age:.0f} s ago. If that run is gone (e.g. its "
+                      f"Colab session ended), its lock is taken over {STALE_S:.0f} s after the "
+                      f"last refresh: run again in {max(1.0, STALE_S - age):.0f} s, or delete "
+                      f"{self.path} now")
 
     def acquire(self) -> RunLock:
         if not self.enabled:
@@ -79,13 +111,11 @@ class RunLock:
                     holder = json.loads(self.path.read_text() or "{}")
                 except (OSError, ValueError):
                     holder = {}
-                if not self._stale(holder):
-                    raise RunDirInUse(
-                        f"run directory {self.path.parent} is in use by {_describe(holder)}; "
-                        "wait for it to end or use another run directory (a lock left by a "
-                        f"dead run is taken over; {self.path} holds it)") from None
-                self.log(f"warning: taking over the run directory lock of {_describe(holder)}, "
-                         "which is no longer running")
+                why = self._stale(holder)
+                if why is None:
+                    raise RunDirInUse(self._in_use(holder)) from None
+                self.log(f"warning: taking over the run directory lock {self.path} of "
+                         f"{_describe(holder)}, a stale lock: {why}")
                 try:
                     self.path.unlink()
                 except FileNotFoundError:
@@ -93,6 +123,7 @@ class RunLock:
                 continue
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            _HELD.add(self.path.resolve())
             self._thread = threading.Thread(target=self._beat, daemon=True, name="jaxlm-lock")
             self._thread.start()
             return self
@@ -111,6 +142,7 @@ class RunLock:
         self._stop.set()
         self._thread.join(timeout=5)
         self._thread = None
+        _HELD.discard(self.path.resolve())
         try:
             holder = json.loads(self.path.read_text())
             if holder.get("pid") == self._me["pid"] and holder.get("host") == self._me["host"]:
