@@ -389,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     from jaxlm.errors import TrainingError, UserError
+    from jaxlm.runtime import warn
 
+    warn.install()  # warnings in one line each, once per run (jaxlm/runtime/warn.py)
     try:
         return func(args)
     except UserError as err:
@@ -407,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted", code=130)
     finally:
         _new_run_dirs(remove=False)
+        warn.uninstall()
 
 
 def _new_run_dirs(remove: bool) -> None:

@@ -96,6 +96,7 @@ def test_two_processes_train_to_the_same_losses_as_one(runs):
     # process 0 printed for the run; each process kept its own log
     out = runs["proc"].stdout + runs["proc"].stderr
     assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s)" in out
+    assert "Warning" not in out  # e.g. no DataWarning for the embedded corpus's one file
     for i in range(2):
         log = (runs["two"] / "logs" / f"process_{i}.log").read_text()
         assert f"process {i} of 2 joined the run" in log
@@ -151,6 +152,7 @@ def test_killing_a_process_ends_the_other_in_bounded_time_and_a_relaunch_resumes
         if proc.poll() is None:
             proc.kill()
     assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s)" in out
+    assert "Warning" not in out  # e.g. no DataWarning for the embedded corpus's one file
     reached = max(losses(run_dir, "train/loss"))
     assert proc.returncode != 0 and reached < steps
     assert took < heartbeat + 26, f"process 0 needed {took:.1f}s to stop"  # loaded 2-core CI

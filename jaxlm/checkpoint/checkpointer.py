@@ -70,7 +70,7 @@ from jaxlm.checkpoint.reader import SavedRun
 from jaxlm.config import Config
 from jaxlm.errors import TrainingError
 from jaxlm.models.trainable import Trainable, join, split, trained_part
-from jaxlm.runtime import quiet
+from jaxlm.runtime import quiet, warn
 from jaxlm.runtime.distributed import PEER_LOST, lost_peer
 from jaxlm.runtime.process_log import log_only
 from jaxlm.runtime.rundir import reason
@@ -144,8 +144,11 @@ class Checkpointer:
             self.orbax_errors.append(text)
 
     def _warn(self, msg: str) -> None:
+        """A :class:`CheckpointWarning` (for code that catches it), also a line of the run's
+        log unless the ``jaxlm`` command shows warnings as such lines already."""
         warnings.warn(msg, CheckpointWarning, stacklevel=3)
-        self.log(f"warning: {msg}")
+        if not warn.active():
+            self.log(f"warning: {msg}")
 
     # ------------------------------------------------------------------------ restoring
 

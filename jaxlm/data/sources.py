@@ -58,7 +58,9 @@ class SourceStream:
         self._fmt = fmt
         self.num_shards: int = self._base.num_shards
         by_example = process_count > 1 and self.num_shards % process_count != 0
-        if by_example:
+        # Not for the embedded corpus: one small file, read whole by every process in a
+        # moment, and nobody can split it (the warning said so on every run of 2 processes).
+        if by_example and cfg.path != "default":
             warnings.warn(
                 f"source {self.label!r} has {self.num_shards} file(s)/shard(s), not a multiple of "
                 f"{process_count} processes: every process reads every file and keeps 1 document "
