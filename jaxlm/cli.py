@@ -169,7 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, args.file)
     generator = Generator.load(args.source, step=args.step)
     kw = {"max_new_tokens": args.max_new_tokens, "sampling": sampling, "seed": args.seed,
-          "stop": args.stop or ()}
+          "stop": args.stop or (), "on_capped": _say_capped}
     if len(prompts) == 1 and not args.json:  # one prompt: print tokens as they come
         pieces = generator.stream(prompts[0], **kw)  # checks the prompt first
         print(prompts[0], end="", flush=True)
@@ -185,6 +185,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         else:  # a blank line between results
             print(("\n" if i else "") + c.prompt + c.text, flush=True)
     return 0
+
+
+def _say_capped(asked: int, cap: int, longest: int) -> None:
+    """One line on stderr (stdout keeps the completions) when the context cuts
+    ``--max-new-tokens``."""
+    print(f"jaxlm: --max-new-tokens {asked} capped to {cap}: the longest prompt is {longest} "
+          f"tokens (BOS included) of the model's {longest + cap}-token context "
+          "(model.max_seq_len)", file=sys.stderr, flush=True)
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:

@@ -270,6 +270,24 @@ def test_generation_stops_at_the_context(gen):
     assert len(c.token_ids) == gen.cfg.max_seq_len - len(gen.encode("ROMEO:"))
 
 
+def test_cli_says_once_that_max_new_tokens_was_capped(run_dir, gen, capsys):
+    long = "word " * 100  # near the 128-token context: little room left
+    room = gen.cfg.max_seq_len - len(gen.encode(long))
+    run, opts = ["generate", str(run_dir)], ["--max-new-tokens", "1000", "--temperature", "0"]
+    assert main([*run, long, "ROMEO:", *opts, "--json", "--batch-size", "1"]) == 0  # 2 batches
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"jaxlm: --max-new-tokens 1000 capped to {room}: the longest prompt is "
+        f"{gen.cfg.max_seq_len - room} tokens (BOS included) of the model's "
+        f"{gen.cfg.max_seq_len}-token context (model.max_seq_len)"]
+    rows = [json.loads(line) for line in captured.out.splitlines()]  # stdout: JSON only
+    assert rows[0]["tokens"] <= room and len(rows) == 2
+    assert main([*run, long, *opts]) == 0  # one prompt, streamed: told before its tokens
+    assert "capped to" in capsys.readouterr().err
+    assert main([*run, "ROMEO:", "--max-new-tokens", "8"]) == 0  # room enough: nothing said
+    assert capsys.readouterr().err == ""
+
+
 def test_stream_yields_each_piece_before_computing_the_next(gen, monkeypatch):
     steps = []
     step = gen.engine.step

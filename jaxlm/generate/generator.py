@@ -15,7 +15,7 @@ EOS, at a stop string (found in the decoded text, and not included) or after
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,9 @@ from jaxlm.generate.source import check_can_generate, load_source
 from jaxlm.sharding import Rules
 
 FinishReason = Literal["eos", "stop", "length"]
+# Told (max_new_tokens asked for, tokens it was capped to, longest prompt in tokens) when the
+# model's context leaves less room than asked for.
+OnCapped = Callable[[int, int, int], None]
 CONTEXT_TOKENS = 4  # prompt tokens decoded with the completion, so its first space survives
 
 
@@ -135,13 +138,25 @@ class Generator:
             raise GenerationError(f"max_new_tokens {max_new_tokens} must be >= 1")
         return min(max_new_tokens, self.cfg.max_seq_len - max(len(p) for p in prompts))
 
+    def _tell_cap(self, prompts: list[list[int]], max_new_tokens: int,
+                  on_capped: OnCapped | None) -> None:
+        """Call ``on_capped`` once, before decoding, if the longest prompt leaves less of the
+        context than ``max_new_tokens`` (the batches of shorter prompts may get more)."""
+        longest = max(len(p) for p in prompts)
+        cap = self._budget(prompts, max_new_tokens)
+        if on_capped is not None and cap < max_new_tokens:
+            on_capped(max_new_tokens, cap, longest)
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64,
                  sampling: Sampling = DEFAULT, seed: int = 0, stop: Sequence[str] = (),
-                 batch_size: int = 32) -> list[Completion]:
-        """One :class:`Completion` per prompt; ``batch_size`` prompts decode at once."""
+                 batch_size: int = 32, on_capped: OnCapped | None = None) -> list[Completion]:
+        """One :class:`Completion` per prompt; ``batch_size`` prompts decode at once.
+        ``on_capped`` is told once when the context cuts ``max_new_tokens`` (each batch
+        decodes as many as its longest prompt leaves room for)."""
         if batch_size < 1:
             raise GenerationError(f"batch_size {batch_size} must be >= 1")
         ids = self._encode_all(prompts)
+        self._tell_cap(ids, max_new_tokens, on_capped)
         out: list[Completion] = []
         for start in range(0, len(ids), batch_size):
             chunk = ids[start:start + batch_size]
@@ -163,11 +178,14 @@ class Generator:
         return Completion(prompt, text.text, text.ids, reason)
 
     def stream(self, prompt: str, max_new_tokens: int = 64, sampling: Sampling = DEFAULT,
-               seed: int = 0, stop: Sequence[str] = ()) -> Iterator[str]:
+               seed: int = 0, stop: Sequence[str] = (),
+               on_capped: OnCapped | None = None) -> Iterator[str]:
         """The completion of one prompt, piece by piece as tokens are computed. Its pieces
         join to the ``text`` :meth:`generate` gives for the same prompt, settings and seed.
-        The prompt is checked now, before the first piece is asked for."""
+        The prompt is checked now, before the first piece is asked for (and ``on_capped``
+        told, as by :meth:`generate`)."""
         ids = self._encode_all([prompt])[0]
+        self._tell_cap([ids], max_new_tokens, on_capped)
         n_new = self._budget([ids], max_new_tokens)
         tokens = self.engine.stream(self.params, ids, n_new, sampling, seed, self.eos_id)
         return self._pieces(TextStream(self.tokenizer, ids, stop), tokens)
