@@ -7,10 +7,12 @@
     jaxlm plan CONFIG [key=value ...] --devices N --device-kind KIND --hbm-gib G   will it fit
     jaxlm generate SOURCE "prompt" ... [--max-new-tokens N] [--temperature T] [--top-k K]
                    [--top-p P] [--seed S] [--stop STR] [--file F] [--json] [--step N]
+                   [--dtype auto|float32|bfloat16]
     jaxlm tokenizer train FILE... --vocab-size N --out tokenizer.json
     jaxlm tensorboard RUN_DIR [--port P] [--host 127.0.0.1]   view a run's metrics and traces
     jaxlm export RUN_DIR OUT [--dtype bfloat16] [--step N] [--adapters-only]   params only
-    jaxlm convert SRC OUT [--to jaxlm|hf] [--dtype bfloat16] [--overwrite]   HF dir <-> jaxlm export
+    jaxlm convert SRC OUT [--to jaxlm|hf] [--dtype auto|float32|bfloat16] [--overwrite]
+                                                        HF dir <-> jaxlm export
 
 Bad input or settings end with one line on stderr naming what was wrong, and exit code 2; a
 run that cannot go on (a full disk, a diverged loss, a dead peer) with one line and exit code 1.
@@ -167,7 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kw["top_k"] = None
     sampling = Sampling(**kw)  # checks them
     prompts = read_prompts(args.prompts, args.file)
-    generator = Generator.load(args.source, step=args.step)
+    generator = Generator.load(args.source, step=args.step, dtype=args.dtype)
     kw = {"max_new_tokens": args.max_new_tokens, "sampling": sampling, "seed": args.seed,
           "stop": args.stop or (), "on_capped": _say_capped}
     if len(prompts) == 1 and not args.json:  # one prompt: print tokens as they come
@@ -339,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step", type=int, default=None,
                    help="checkpoint step of a run directory (default: latest)")
     g.add_argument("--batch-size", type=int, default=32, help="prompts decoded at once")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=None,
+                   help="compute dtype (default: the model's model.dtype; auto = bf16 where "
+                   "the hardware has native bf16); float32 for reference figures")
     g.set_defaults(func=cmd_generate)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
@@ -372,8 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("out", help="output directory")
     cv.add_argument("--to", choices=["jaxlm", "hf"], default=None,
                     help="direction (default: from what SRC is)")
-    cv.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="dtype of the written weights")
+    cv.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="the model's dtype: of the written weights and (to jaxlm) the "
+                    "export's compute dtype; auto = float32 weights, bf16 compute where the "
+                    "hardware has native bf16")
     cv.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     cv.set_defaults(func=cmd_convert)
 

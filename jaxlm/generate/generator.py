@@ -105,11 +105,11 @@ class Generator:
 
     @classmethod
     def load(cls, source: str | Path, mesh: MeshConfig | None = None,
-             step: int | None = None) -> Generator:
+             step: int | None = None, dtype: str | None = None) -> Generator:
         """From a run directory (its latest checkpoint, or ``step``), a checkpoint step
         directory or an export (see :func:`~jaxlm.generate.load_source`), on the local
-        devices."""
-        m = load_source(source, mesh, step)
+        devices; ``dtype`` (auto, float32, bfloat16) replaces the saved compute dtype."""
+        m = load_source(source, mesh, step, dtype)
         return cls(m.cfg, m.params, m.tokenizer, m.mesh, m.rules, m.bos_id, m.eos_id)
 
     def encode(self, prompt: str, name: str = "the prompt") -> list[int]:

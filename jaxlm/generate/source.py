@@ -91,11 +91,22 @@ def inference_mesh(cfg: Config, mesh: MeshConfig | None = None) -> tuple[Mesh, R
     raise AssertionError("unreachable")
 
 
+def with_dtype(model: ModelConfig, dtype: str | None) -> ModelConfig:
+    """``model`` computing in ``dtype`` (``auto``, ``float32``, ``bfloat16``; None: as saved).
+    A recorded cuDNN attention is chosen again for it (cuDNN's fused kernel runs only in
+    half precision)."""
+    if dtype is None or dtype == model.dtype:
+        return model
+    update = {"dtype": dtype} | ({"attention": "auto"} if model.attention == "cudnn" else {})
+    return model.model_copy(update=update)
+
+
 def load_source(source: str | Path, mesh: MeshConfig | None = None,
-                step: int | None = None) -> LoadedModel:
+                step: int | None = None, dtype: str | None = None) -> LoadedModel:
     """Resolve ``source`` (see the module docstring; ``step``: a checkpoint of a run, default
     the latest) to its model config, its parameters placed on the generation mesh, and its
-    tokenizer. One-line errors for anything else."""
+    tokenizer. ``dtype`` replaces the saved compute dtype (``model.dtype``; e.g.
+    ``float32`` where ``auto`` would compute in bf16). One-line errors for anything else."""
     path = Path(source)
     if not path.exists():
         raise GenerationError(f"{source} does not exist: give {KINDS}")
@@ -104,7 +115,8 @@ def load_source(source: str | Path, mesh: MeshConfig | None = None,
                               "head to generate with; give the pretraining run it started from")
     found = resolve_pretrained(str(path), "jaxlm generate SOURCE", step=step)
     cfg = from_dict(found.config)
-    cfg = cfg.model_copy(update={"model": resolve_auto(cfg.model)})  # (runs that saved auto)
+    model = resolve_auto(with_dtype(cfg.model, dtype))  # (runs and exports that saved auto)
+    cfg = cfg.model_copy(update={"model": model})
     check_can_generate(cfg.model)
     tokenizer = load_tokenizer(found.tokenizer)
     device_mesh, rules = inference_mesh(cfg, mesh)

@@ -13,6 +13,13 @@ family's HF class (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ``BertForMaskedLM`
 HF counterpart here and are left out (listed).
 
 Weights stream tensor by tensor in both directions; host memory holds about one tensor.
+
+``dtype`` (``--dtype``) is the model's dtype, as Hugging Face's ``config.json`` means it: that
+of the written weights and of the computation. ``auto`` (the default) writes float32 weights
+and, HF → jaxlm, leaves ``model.dtype=auto`` in the export (bf16 compute where the hardware
+has native bf16: GPUs, TPUs, CPUs with AVX512-BF16/AMX; float32 elsewhere); ``float32`` or
+``bfloat16`` writes weights of that dtype and records it as the export's compute dtype, so
+``jaxlm generate`` and fine-tuning from it compute in it on every machine.
 """
 
 from __future__ import annotations
@@ -42,6 +49,12 @@ from jaxlm.runtime.hardware import resolve_auto
 
 WEIGHTS = "model.safetensors"
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+CHOICES = ("auto", *DTYPES)  # --dtype: auto = float32 weights, the hardware's compute dtype
+
+
+def weights_dtype(dtype: str) -> str:
+    """The dtype weights are written in for ``--dtype`` (``auto``: float32)."""
+    return "float32" if dtype == "auto" else dtype
 HEADS_TOP_LEVEL = ("lm_head/", "mlm_head/")  # HF keeps these outside the base model
 
 
@@ -74,22 +87,24 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def hf_to_jaxlm(src: str | Path, out: str | Path, dtype: str = "float32",
+def hf_to_jaxlm(src: str | Path, out: str | Path, dtype: str = "auto",
                 overwrite: bool = False) -> str:
-    """Convert an HF model directory into a jaxlm export; returns a one-line summary."""
+    """Convert an HF model directory into a jaxlm export; returns a one-line summary.
+    ``dtype``: see the module docstring (recorded as the export's ``model.dtype``)."""
     src, out = Path(src), Path(out)
     with HFCheckpoint(src) as ckpt:
-        model = ckpt.model
+        model = ckpt.model if dtype == "auto" else ckpt.model.model_copy(update={"dtype": dtype})
         tokenizer = require_tokenizer(src)
         shapes = model_shapes(model)
         heads = ckpt.heads() | {"backbone"}
         keys = {k: s for k, s in shapes.items() if k.split("/")[0] in heads}
         check(ckpt, keys)  # a head is written whole or not at all
         _prepare_out(out, overwrite)
-        np_dtype = DTYPES[dtype]
+        stored = weights_dtype(dtype)
+        np_dtype = DTYPES[stored]
         write_safetensors(out / WEIGHTS, {k: (s, np_dtype) for k, s in keys.items()},
                           lambda k: array(ckpt, ckpt.rule(k), keys[k], np_dtype),
-                          metadata={"format": "jaxlm", "dtype": dtype, "source": "huggingface",
+                          metadata={"format": "jaxlm", "dtype": stored, "source": "huggingface",
                                     "architecture": ckpt.architecture})
         unused = [f"{ckpt.stored_name(n)} {s}" for n, s in ckpt.unused.items()]
     tokenizer.save(str(out / "tokenizer.json"))
@@ -98,7 +113,7 @@ def hf_to_jaxlm(src: str | Path, out: str | Path, dtype: str = "float32",
     n = sum(int(np.prod(s)) for s in keys.values())
     parts = ", ".join(sorted(h if h != "head" else "head/pooler" for h in heads))
     return (f"wrote {out}: a jaxlm export of {ckpt.architecture} ({model.family}, "
-            f"{n / 1e6:.2f}M params, {dtype}; {parts})"
+            f"{n / 1e6:.2f}M params, {stored} weights, model.dtype={dtype}; {parts})"
             + (f"; unused: {', '.join(unused)}" if unused else ""))
 
 
@@ -147,9 +162,10 @@ def _hf_layout(family: Family, model: ModelConfig, names: set[str],
     return dict(layout), sorted(names - {r.jax for r in rules})
 
 
-def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "float32",
+def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "auto",
                 overwrite: bool = False) -> str:
-    """Convert a jaxlm export (or run directory) into an HF model directory."""
+    """Convert a jaxlm export (or run directory) into an HF model directory; ``dtype``
+    (``auto``: float32) is that of the weights and of the HF config's ``dtype``."""
     from safetensors import safe_open
 
 
@@ -173,6 +189,7 @@ def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "float32",
                 pieces = [r.to_hf(f.get_tensor(r.jax).astype(np.float32)) for r in layout[name]]
                 return np.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
 
+            dtype = weights_dtype(dtype)
             np_dtype = DTYPES[dtype]
             specs = {name: (rs[0].hf_shape(tuple(f.get_slice(rs[0].jax).get_shape())), np_dtype)
                      for name, rs in layout.items()}
@@ -207,11 +224,12 @@ def detect(src: str | Path) -> str:
                   "model_type) nor a jaxlm export or run directory")
 
 
-def convert(src: str | Path, out: str | Path, to: str | None = None, dtype: str = "float32",
+def convert(src: str | Path, out: str | Path, to: str | None = None, dtype: str = "auto",
             overwrite: bool = False) -> str:
-    """Convert ``src`` to ``out`` in the direction ``to`` (default: from what ``src`` is)."""
-    if dtype not in DTYPES:
-        raise HFError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
+    """Convert ``src`` to ``out`` in the direction ``to`` (default: from what ``src`` is);
+    ``dtype`` (auto, float32, bfloat16): see the module docstring."""
+    if dtype not in CHOICES:
+        raise HFError(f"--dtype {dtype} is not one of {', '.join(CHOICES)}")
     found = detect(src)
     if to is not None and to != found:
         what = "a Hugging Face model directory" if found == "jaxlm" else "a jaxlm export/run"
