@@ -127,6 +127,24 @@ def test_convert_misuse(hf_dirs, tmp_path, capsys):
                                           str(tmp_path / "z"))
 
 
+def test_round_trip_keeps_the_source_config_only_while_it_fits(hf_dirs, tmp_path, capsys):
+    """HF → jaxlm → HF writes the source config.json again (keys jaxlm has no field for
+    included), but not into an export whose model it no longer describes."""
+    src = copy(hf_dirs["gpt2"], tmp_path / "src")
+    edit_config(src, attn_pdrop=0.1, pad_token_id=None, initializer_range=0.02,
+                summary_type="cls_index")
+    source = json.loads((src / "config.json").read_text())
+    assert main(["convert", str(src), str(tmp_path / "jx")]) == 0
+    assert main(["convert", str(tmp_path / "jx"), str(tmp_path / "back")]) == 0
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == source
+    kept = json.loads((tmp_path / "jx" / "hf_config.json").read_text())
+    (tmp_path / "jx" / "hf_config.json").write_text(json.dumps({**kept, "n_layer": 7}))
+    assert main(["convert", str(tmp_path / "jx"), str(tmp_path / "own")]) == 0
+    capsys.readouterr()
+    own = json.loads((tmp_path / "own" / "config.json").read_text())
+    assert own["n_layer"] == source["n_layer"] and own["attn_pdrop"] == 0.0  # jaxlm's own
+
+
 def test_unrepresentable_jaxlm_model_is_refused(tmp_path, capsys):
     export = tiny_export(tmp_path / "export", "gpt2", norm="rmsnorm")
     err = error_line(capsys, "convert", str(export), str(tmp_path / "out"))

@@ -1,7 +1,8 @@
 """Imported Hugging Face weights give PyTorch `transformers`' outputs (max abs diff <= 1e-4 in
 f32) for GPT-2, Llama with grouped-query attention and BERT; padded batches match their
 unpadded rows; a jaxlm export converted to HF loads in `transformers` with no missing or
-unexpected keys and gives the same logits; the completion-only loss of a packed row is
+unexpected keys and gives the same logits, and an HF model converted there and back keeps
+its config.json; the completion-only loss of a packed row is
 `transformers`' loss with labels -100 on the prompts, and the span head's start / end logits
 are `BertForQuestionAnswering`'s. Tiny random models, saved locally: no
 hub."""
@@ -105,6 +106,8 @@ def test_export_round_trips_through_transformers(name, tiny, tmp_path, capsys):
     capsys.readouterr()
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == [cls_name]
+    # the source config.json comes back as it was: attn_pdrop, pad_token_id, ... included
+    assert config == json.loads((directory / "config.json").read_text())
     _, tf = need_torch()
     model, info = getattr(tf, cls_name).from_pretrained(
         tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
@@ -113,6 +116,7 @@ def test_export_round_trips_through_transformers(name, tiny, tmp_path, capsys):
     assert float(np.abs(torch_forward(model.eval(), TOKENS) - ref).max()) <= TOL
     assert main(["convert", str(tmp_path / "jx"), str(tmp_path / "hf16"), "--dtype",
                  "bfloat16"]) == 0
+    assert json.loads((tmp_path / "hf16" / "config.json").read_text())["dtype"] == "bfloat16"
     bf16 = getattr(tf, cls_name).from_pretrained(tmp_path / "hf16").float().eval()
     assert float(np.abs(torch_forward(bf16, TOKENS) - ref).max()) < 0.1
 

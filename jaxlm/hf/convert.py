@@ -4,7 +4,10 @@ HF → jaxlm: ``model.safetensors`` keyed by jaxlm paths (``backbone/block_0/att
 plus ``lm_head``/``mlm_head`` where the checkpoint has them, and a BERT pooler as
 ``head/pooler``, used by ``finetune.pooler=true``), ``config.json`` in jaxlm's run-config form
 (the translated ``model``, ``data.tokenizer`` = the copied tokenizer, ``data.mode`` = mlm for
-encoders) and ``tokenizer.json``.
+encoders) and ``tokenizer.json``; the source ``config.json`` is kept verbatim as
+``hf_config.json``, so that converting back writes it again (dropout rates, ``pad_token_id``,
+``initializer_range`` and every other key jaxlm's model has no field for) instead of jaxlm's
+defaults.
 
 jaxlm → HF (from an export, or a run directory, exported first): ``config.json`` of the
 family's HF class (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ``BertForMaskedLM`` or
@@ -56,6 +59,7 @@ def weights_dtype(dtype: str) -> str:
     """The dtype weights are written in for ``--dtype`` (``auto``: float32)."""
     return "float32" if dtype == "auto" else dtype
 HEADS_TOP_LEVEL = ("lm_head/", "mlm_head/")  # HF keeps these outside the base model
+HF_CONFIG = "hf_config.json"  # in an export converted from HF: the source config.json
 
 
 def model_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -110,6 +114,7 @@ def hf_to_jaxlm(src: str | Path, out: str | Path, dtype: str = "auto",
     tokenizer.save(str(out / "tokenizer.json"))
     config = run_config(model, str((out / "tokenizer.json").absolute()))
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / HF_CONFIG).write_text(json.dumps(ckpt.config, indent=2))
     n = sum(int(np.prod(s)) for s in keys.values())
     parts = ", ".join(sorted(h if h != "head" else "head/pooler" for h in heads))
     return (f"wrote {out}: a jaxlm export of {ckpt.architecture} ({model.family}, "
@@ -133,6 +138,21 @@ def _special_token_ids(tokenizer: Any, model: ModelConfig) -> dict[str, int]:
     if model.causal:
         found.update(bos_token_id=ids.bos, eos_token_id=ids.eos)
     return {k: v for k, v in found.items() if v is not None}
+
+
+def _source_config(export_dir: Path, family: Family, model: ModelConfig) -> dict[str, Any] | None:
+    """The HF ``config.json`` an export was converted from (its ``hf_config.json``), if it
+    still describes the export's model: same family and every setting jaxlm reads from it
+    equal (an unreadable or unrelated one is ignored, and jaxlm's own translation used)."""
+    try:
+        source = json.loads((export_dir / HF_CONFIG).read_text())
+        if not isinstance(source, dict) or source.get("model_type") != family.model_type:
+            return None
+        fields = family.config_from_hf(source)
+    except (OSError, ValueError, HFError):
+        return None
+    same = all(getattr(model, k, None) == v for k, v in fields.items())
+    return source if same else None
 
 
 def _export_dir(src: Path, tmp: str) -> Path:
@@ -177,6 +197,7 @@ def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "auto",
         family = BY_NAME[model.family]
         _check_representable(family, model)
         hf_config = family.config_to_hf(model)
+        source = _source_config(export_dir, family, model)
         tok_file = export_dir / "tokenizer.json"
         tokenizer = load_tokenizer(str(tok_file) if tok_file.is_file()
                                    else saved.get("data", {}).get("tokenizer", "default"))
@@ -195,8 +216,13 @@ def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "auto",
                      for name, rs in layout.items()}
             _prepare_out(out, overwrite)
             write_safetensors(out / WEIGHTS, specs, produce, metadata={"format": "pt"})
-    config = {"architectures": [arch], "model_type": family.model_type, **hf_config,
-              **_special_token_ids(tokenizer, model), "dtype": dtype}
+    if source is not None:  # converted from HF: its own config again, with what was written
+        config = {**source, "architectures": [arch], "dtype": dtype}
+        if "torch_dtype" in config:  # (older transformers' name)
+            config["torch_dtype"] = dtype
+    else:
+        config = {"architectures": [arch], "model_type": family.model_type, **hf_config,
+                  **_special_token_ids(tokenizer, model), "dtype": dtype}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save(str(out / "tokenizer.json"))
     note = f"; left out (no {arch} counterpart): {', '.join(left_out)}" if left_out else ""
