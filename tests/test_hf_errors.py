@@ -143,6 +143,12 @@ def test_round_trip_keeps_the_source_config_only_while_it_fits(hf_dirs, tmp_path
     capsys.readouterr()
     own = json.loads((tmp_path / "own" / "config.json").read_text())
     assert own["n_layer"] == source["n_layer"] and own["attn_pdrop"] == 0.0  # jaxlm's own
+    (tmp_path / "jx" / "hf_config.json").write_text(json.dumps(kept))
+    export = hf_dirs["gpt2"].parent / "gpt2_export"  # `jaxlm export` weights, same model
+    (tmp_path / "jx" / "model.safetensors").write_bytes((export / "model.safetensors").read_bytes())
+    assert main(["convert", str(tmp_path / "jx"), str(tmp_path / "mine")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "mine" / "config.json").read_text())["attn_pdrop"] == 0.0
 
 
 def test_unrepresentable_jaxlm_model_is_refused(tmp_path, capsys):

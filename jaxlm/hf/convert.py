@@ -143,7 +143,8 @@ def _special_token_ids(tokenizer: Any, model: ModelConfig) -> dict[str, int]:
 def _source_config(export_dir: Path, family: Family, model: ModelConfig) -> dict[str, Any] | None:
     """The HF ``config.json`` an export was converted from (its ``hf_config.json``), if it
     still describes the export's model: same family and every setting jaxlm reads from it
-    equal (an unreadable or unrelated one is ignored, and jaxlm's own translation used)."""
+    equal (an unreadable or unrelated one is ignored, and jaxlm's own translation used).
+    Only for weights that ``hf_to_jaxlm`` wrote (their metadata says so)."""
     try:
         source = json.loads((export_dir / HF_CONFIG).read_text())
         if not isinstance(source, dict) or source.get("model_type") != family.model_type:
@@ -197,12 +198,14 @@ def jaxlm_to_hf(src: str | Path, out: str | Path, dtype: str = "auto",
         family = BY_NAME[model.family]
         _check_representable(family, model)
         hf_config = family.config_to_hf(model)
-        source = _source_config(export_dir, family, model)
         tok_file = export_dir / "tokenizer.json"
         tokenizer = load_tokenizer(str(tok_file) if tok_file.is_file()
                                    else saved.get("data", {}).get("tokenizer", "default"))
         with safe_open(str(export_dir / WEIGHTS), "np") as f:
             names = set(f.keys())
+            # weights `jaxlm export` wrote over an earlier conversion never take its config
+            from_hf = (f.metadata() or {}).get("source") == "huggingface"
+            source = _source_config(export_dir, family, model) if from_hf else None
             arch = family.architecture(model, {k.split("/")[0] for k in names})
             layout, left_out = _hf_layout(family, model, names, arch)
 
