@@ -17,8 +17,8 @@ from jaxlm.train.state import create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_train_step
 
 PRESETS = sorted((Path(__file__).parents[1] / "configs" / "pretrain").glob("*.yaml"))
-EXPECTED_PARAMS = {"tiny": (0.2e6, 1e6), "small": (15e6, 25e6), "gpt2_124m": (120e6, 130e6),
-                   "llama_1b": (1.0e9, 1.3e9)}
+EXPECTED_PARAMS = {"tiny": (0.2e6, 1e6), "small": (15e6, 25e6), "modern_en": (15e6, 25e6),
+                   "gpt2_124m": (120e6, 130e6), "llama_1b": (1.0e9, 1.3e9)}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
