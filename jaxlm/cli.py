@@ -393,12 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand of a ``jaxlm`` command line (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``jaxlm`` command; ``argv`` None reads the command line."""
-    if argv is None:  # a process of its own: CPU steps reuse their memory (runtime/hostmem.py)
-        from jaxlm.runtime.hostmem import retain_freed_memory
+    if argv is None:  # a process of its own: host memory per command (runtime/hostmem.py)
+        from jaxlm.runtime import hostmem
 
-        retain_freed_memory()
+        hostmem.apply(_command(sys.argv[1:]))
     # `datasets` imports torch on first use when it is installed (seconds); jaxlm never needs it.
     os.environ.setdefault("USE_TORCH", "0")
     args = build_parser().parse_args(argv)

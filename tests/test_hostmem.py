@@ -77,3 +77,40 @@ def test_the_command_applies_it_and_in_process_calls_do_not(monkeypatch, tmp_pat
     monkeypatch.setattr(sys, "argv", ["jaxlm", "train", missing])
     assert cli.main() == 2  # the `jaxlm` command
     assert calls == [1]
+
+
+def test_the_mode_follows_the_command_and_the_kernel(tmp_path):
+    thp = tmp_path / "enabled"
+    thp.write_text("always [madvise] never\n")
+    assert hostmem.choose("train", {}, thp) == "retain"  # one step shape: retention pays
+    assert hostmem.choose("finetune", {}, thp) == "huge_pages"  # many shapes fragment it
+    assert hostmem.choose("predict", {}, thp) == "huge_pages"
+    assert hostmem.choose("finetune", {"JAXLM_HOST_MALLOC": "retain"}, thp) == "retain"
+    assert hostmem.choose("train", {"JAXLM_HOST_MALLOC": "huge_pages"}, thp) == "huge_pages"
+    assert hostmem.choose("train", {"JAXLM_HOST_MALLOC": "system"}, thp) == "system"
+    thp.write_text("always madvise [never]\n")
+    assert hostmem.choose("finetune", {}, thp) == "retain"  # no huge pages: retain instead
+    assert not hostmem.huge_pages_allowed(tmp_path / "missing")
+
+
+_REEXEC = """
+import os, sys
+os.environ.setdefault("FIRST_PID", str(os.getpid()))
+from jaxlm.runtime import hostmem
+mode = hostmem.apply(sys.argv[1])
+print(mode, os.environ.get("GLIBC_TUNABLES", ""), os.environ["FIRST_PID"] == str(os.getpid()))
+"""
+
+
+@pytest.mark.parametrize("command", ["finetune", "train"])
+def test_apply_reexecutes_once_with_huge_pages_or_retains(command):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FIRST_PID")}
+    out = subprocess.run([sys.executable, "-c", _REEXEC, command], capture_output=True,
+                         text=True, env={**env, "JAX_PLATFORMS": "cpu"}, cwd=ROOT, check=True)
+    lines = out.stdout.split("\n")
+    assert len([ln for ln in lines if ln]) == 1, out.stdout  # printed once: one exec at most
+    mode, *rest = lines[0].split()
+    if command == "finetune" and hostmem.huge_pages_allowed():
+        assert mode == "huge_pages" and rest == [hostmem.HUGE_PAGES, "True"], lines[0]
+    else:  # train, or a kernel without transparent huge pages
+        assert mode == "retain" and rest == ["True"], lines[0]
