@@ -27,7 +27,7 @@ and for every command but ``train``, huge pages do the retention's job without k
 anything: glibc's ``glibc.malloc.hugetlb=1`` tunable makes ``malloc`` ask for transparent
 huge pages, so a fresh 2.6 GiB block is faulted in 2 MiB at a time (512x fewer faults). The
 same MiniLM fine-tune took 59 s that way, 70 s retained and 93 s plain malloc, at the plain
-peak (BENCHMARKS.md "Fine-tuning memory"). The tunable is read when glibc starts, so
+peak (BENCHMARKS.md "Fine-tuning against PyTorch"). The tunable is read when glibc starts, so
 :func:`apply` re-executes the process once with it in ``GLIBC_TUNABLES``, the same pid and
 arguments. Where the kernel has transparent huge pages off, those commands retain memory as
 ``train`` does. ``JAXLM_HOST_MALLOC``: ``auto`` (the default: per command as above),
