@@ -83,13 +83,13 @@ def test_the_mode_follows_the_command_and_the_kernel(tmp_path):
     thp = tmp_path / "enabled"
     thp.write_text("always [madvise] never\n")
     assert hostmem.choose("train", {}, thp) == "retain"  # one step shape: retention pays
-    assert hostmem.choose("finetune", {}, thp) == "huge_pages"  # many shapes fragment it
+    assert hostmem.choose("finetune", {}, thp) == "bounded"  # retains up to a budget
     assert hostmem.choose("predict", {}, thp) == "huge_pages"
     assert hostmem.choose("finetune", {"JAXLM_HOST_MALLOC": "retain"}, thp) == "retain"
     assert hostmem.choose("train", {"JAXLM_HOST_MALLOC": "huge_pages"}, thp) == "huge_pages"
     assert hostmem.choose("train", {"JAXLM_HOST_MALLOC": "system"}, thp) == "system"
     thp.write_text("always madvise [never]\n")
-    assert hostmem.choose("finetune", {}, thp) == "retain"  # no huge pages: retain instead
+    assert hostmem.choose("predict", {}, thp) == "retain"  # no huge pages: retain instead
     assert not hostmem.huge_pages_allowed(tmp_path / "missing")
 
 
@@ -102,7 +102,7 @@ print(mode, os.environ.get("GLIBC_TUNABLES", ""), os.environ["FIRST_PID"] == str
 """
 
 
-@pytest.mark.parametrize("command", ["finetune", "train"])
+@pytest.mark.parametrize("command", ["predict", "train"])
 def test_apply_reexecutes_once_with_huge_pages_or_retains(command):
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FIRST_PID")}
     out = subprocess.run([sys.executable, "-c", _REEXEC, command], capture_output=True,
@@ -110,7 +110,33 @@ def test_apply_reexecutes_once_with_huge_pages_or_retains(command):
     lines = out.stdout.split("\n")
     assert len([ln for ln in lines if ln]) == 1, out.stdout  # printed once: one exec at most
     mode, *rest = lines[0].split()
-    if command == "finetune" and hostmem.huge_pages_allowed():
+    if command == "predict" and hostmem.huge_pages_allowed():
         assert mode == "huge_pages" and rest == [hostmem.HUGE_PAGES, "True"], lines[0]
     else:  # train, or a kernel without transparent huge pages
         assert mode == "retain" and rest == ["True"], lines[0]
+
+
+def test_bounded_retention_stops_once_past_its_budget(monkeypatch):
+    assert hostmem.choose("finetune", {"JAXLM_HOST_MALLOC": "auto"}) == "bounded"
+    assert hostmem.budget_bytes({"JAXLM_HOST_RETAIN_GIB": "1.5"}) == int(1.5 * 2**30)
+    monkeypatch.setattr(hostmem, "_budget", None)
+    assert hostmem.bound_retention() is None  # not in bounded mode: nothing to do
+    monkeypatch.setattr(hostmem, "_budget", 10 * 2**40)
+    assert hostmem.bound_retention() is None  # under budget: keeps retaining
+    monkeypatch.setattr(hostmem, "_budget", 1)
+    kept = hostmem.bound_retention()  # glibc's defaults again, heap trimmed
+    assert kept is not None and kept > 2**20 and hostmem._budget is None
+    assert hostmem.bound_retention() is None  # once
+
+
+_BOUNDED = """
+import sys
+from jaxlm.runtime import hostmem
+print(hostmem.apply("finetune"), hostmem._budget == hostmem.budget_bytes())
+"""
+
+
+def test_finetune_retains_within_a_budget():
+    out = subprocess.run([sys.executable, "-c", _BOUNDED], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["bounded", "True"], out.stdout

@@ -23,15 +23,21 @@ retained, 48 s without, peak RSS 1.27 against 0.95 GB). It does not where severa
 share the heap: fine-tuning's length buckets, its eval and predict steps and the host-side
 batches fragment the single arena, and the heap never shrinks. MiniLM fine-tuned at 32 x 256
 peaked at 9.0 GiB retained against 3.8 GiB without (XLA plans 2.9 GiB for the step). There,
-and for every command but ``train``, huge pages do the retention's job without keeping
-anything: glibc's ``glibc.malloc.hugetlb=1`` tunable makes ``malloc`` ask for transparent
-huge pages, so a fresh 2.6 GiB block is faulted in 2 MiB at a time (512x fewer faults). The
-same MiniLM fine-tune took 59 s that way, 70 s retained and 93 s plain malloc, at the plain
-peak (BENCHMARKS.md "Fine-tuning against PyTorch"). The tunable is read when glibc starts, so
-:func:`apply` re-executes the process once with it in ``GLIBC_TUNABLES``, the same pid and
-arguments. Where the kernel has transparent huge pages off, those commands retain memory as
-``train`` does. ``JAXLM_HOST_MALLOC``: ``auto`` (the default: per command as above),
-``retain``, ``huge_pages`` or ``system``.
+and for every command but ``train`` and ``finetune``, huge pages do the retention's job
+without keeping anything: glibc's ``glibc.malloc.hugetlb=1`` tunable makes ``malloc`` ask
+for transparent huge pages, so a fresh 2.6 GiB block is faulted in 2 MiB at a time (512x
+fewer faults). The same MiniLM fine-tune took 59 s that way, 70 s retained and 93 s plain
+malloc, at the plain peak (BENCHMARKS.md "Fine-tuning against PyTorch"). The tunable is read
+when glibc starts, so :func:`apply` re-executes the process once with it in
+``GLIBC_TUNABLES``, the same pid and arguments. Where the kernel has transparent huge pages
+off, those commands retain memory as ``train`` does. ``finetune`` is ``bounded``: huge pages
+*and* retention until resident memory passes a budget (:func:`budget_bytes`: a sixth of
+physical memory, or ``JAXLM_HOST_RETAIN_GIB``), then glibc's defaults again
+(:func:`bound_retention`). Short texts (32 x 32-128 tokens) stay under it and keep
+retention's speed: 61 s retained against 89 s with huge pages alone for 200 MiniLM steps, at
+2.8 against 2.1 GiB; long ones (32 x 256) pass it within a few steps and go on at huge
+pages' peak. ``JAXLM_HOST_MALLOC``: ``auto`` (the default: per command as above),
+``retain``, ``bounded``, ``huge_pages`` or ``system``.
 """
 
 from __future__ import annotations
@@ -47,10 +53,14 @@ from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim
+DEFAULTS = ((M_MMAP_MAX, 65536), (M_TRIM_THRESHOLD, 128 * 1024))  # glibc's (arenas stay 1)
 OPT_OUT = "JAXLM_HOST_MALLOC"
-MODES = ("auto", "retain", "huge_pages", "system")
+MODES = ("auto", "retain", "bounded", "huge_pages", "system")
 HUGE_PAGES = "glibc.malloc.hugetlb=1"  # glibc >= 2.35; older ones ignore it
 RETAIN_COMMANDS = frozenset({"train"})  # one step shape repeating: retention pays
+BOUNDED_COMMANDS = frozenset({"finetune"})  # retention pays until the heap fragments
+BUDGET_ENV = "JAXLM_HOST_RETAIN_GIB"
+_budget: int | None = None  # bytes of resident memory up to which "bounded" retains
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -86,10 +96,49 @@ def choose(command: str | None, environ: Mapping[str, str] | None = None,
     if asked == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "system"
     if asked == "auto":
-        asked = "retain" if command in RETAIN_COMMANDS else "huge_pages"
+        asked = ("retain" if command in RETAIN_COMMANDS else
+                 "bounded" if command in BOUNDED_COMMANDS else "huge_pages")
     if asked == "huge_pages" and not huge_pages_allowed(thp):
         return "retain"
     return asked
+
+
+def budget_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """Resident memory up to which ``bounded`` keeps freed memory: ``JAXLM_HOST_RETAIN_GIB``,
+    else a sixth of physical memory (4 GiB on a 24 GiB machine)."""
+    env = os.environ if environ is None else environ
+    try:
+        return int(float(env[BUDGET_ENV]) * 2**30)
+    except (KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 6
+
+
+def resident_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bound_retention() -> int | None:
+    """In ``bounded`` mode, once resident memory passes the budget: stop keeping freed memory
+    (glibc's defaults again: large blocks ``mmap``-ed, in huge pages where asked, and the
+    heap trimmed), give back what the heap holds free, and return the resident bytes at that
+    moment; None otherwise. Cheap (one read of ``/proc/self/statm``): the trainer calls it
+    after every step."""
+    global _budget
+    if _budget is None:
+        return None
+    rss = resident_bytes()
+    if rss <= _budget:
+        return None
+    _budget = None
+    libc = ctypes.CDLL(None)
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    for param, value in DEFAULTS:
+        libc.mallopt(param, value)
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    libc.malloc_trim(0)
+    return rss
 
 
 def apply(command: str | None) -> str:
@@ -99,16 +148,19 @@ def apply(command: str | None) -> str:
     if not cpu_only():
         return "system"
     mode = choose(command)
+    global _budget
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if mode == "huge_pages":
+    if mode in ("huge_pages", "bounded") and huge_pages_allowed():
         if HUGE_PAGES not in tunables.split(":"):
             env = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables,
                                                                           HUGE_PAGES]))}
             sys.stdout.flush()
             sys.stderr.flush()
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    if mode == "huge_pages":
         return mode
-    if mode == "retain" and retain_freed_memory():
+    if mode in ("retain", "bounded") and retain_freed_memory():
+        _budget = budget_bytes() if mode == "bounded" else None
         return mode
     return "system"
 

@@ -37,6 +37,7 @@ from jaxlm.errors import TrainingError
 from jaxlm.metrics import MetricsWriter, progress_postfix
 from jaxlm.models.trainable import Trainable
 from jaxlm.profiling import StepProfiler, device_memory, memory_summary
+from jaxlm.runtime import hostmem
 from jaxlm.runtime.preemption import PreemptionWatcher
 from jaxlm.sharding import Rules, activate
 from jaxlm.tasks import Task, add_sums
@@ -213,6 +214,11 @@ def fit(run: Run, batches: Batches, ckpt: Checkpointer, writer: MetricsWriter, *
                         f"{of}")
                 t0 = time.perf_counter()
             run.state, metrics = run.train_step(run.state, fed.batch)
+            kept = hostmem.bound_retention()  # CPU: stop keeping freed memory past a budget
+            if kept is not None:
+                run.log(f"host memory: {kept / 2**30:.1f} GiB resident, past the budget for "
+                        f"keeping freed memory ({hostmem.BUDGET_ENV}); freed memory goes back "
+                        "to the system from now on")
             if compiling and not bar.disable:  # the bar's rate (so ETA): steady steps only
                 jax.block_until_ready(metrics)
                 bar.start_t += time.perf_counter() - t0
