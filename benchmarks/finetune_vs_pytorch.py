@@ -130,12 +130,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--model", type=Path, default=MINILM)
     ap.add_argument("--out", type=Path, default=ROOT / "runs/bench_ft_vs_torch")
-    ap.add_argument("--keep-torch", action="store_true",
-                    help="reuse the PyTorch rows of the last run in --out (same machine)")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="rerun only jaxlm's default row; reuse the other rows of the last run "
+                    "in --out (same machine)")
     ap.add_argument("--retain-too", action="store_true",
                     help="also jaxlm with JAXLM_HOST_MALLOC=retain (the old CPU memory mode)")
     args = ap.parse_args()
-    systems = {"jaxlm finetune (defaults: bf16 here, bounded host memory)": None,
+    default = "jaxlm finetune (defaults: bf16 here, huge pages)"
+    systems = {default: None,
                "PyTorch eager f32": False, "PyTorch eager bf16 autocast": True}
     if args.retain_too:
         systems["jaxlm finetune, JAXLM_HOST_MALLOC=retain"] = "retain"
@@ -144,11 +146,12 @@ def main() -> None:
         data = (short_task if task == "short" else long_task)(args.out / f"data_{task}")
         length = LENGTH[task]
         saved = args.out / f"results_{task}.json"
-        kept = json.loads(saved.read_text()) if args.keep_torch and saved.exists() else {}
-        best: dict[str, dict] = {k: v for k, v in kept.items() if k.startswith("PyTorch")}
+        kept = json.loads(saved.read_text()) if args.keep_others and saved.exists() else {}
+        kept = {k: v for k, v in kept.items() if k in systems and k != default}
+        best: dict[str, dict] = dict(kept)
         for _ in range(args.rounds):
             for name, how in systems.items():
-                if name in kept and name.startswith("PyTorch"):
+                if name in kept:
                     continue
                 if name.startswith("jaxlm"):
                     env = {"JAXLM_HOST_MALLOC": how} if how else None
@@ -170,8 +173,9 @@ def main() -> None:
     body = (f"{HEADING}\n\nCommand: `python benchmarks/finetune_vs_pytorch.py --tasks "
             f"{' '.join(args.tasks)} --rounds {args.rounds}"
             f"{' --retain-too' if args.retain_too else ''}"
-            f"{' --keep-torch' if args.keep_torch else ''}`"
-            f"{' (PyTorch rows from the previous run here)' if args.keep_torch else ''}  \n"
+            f"{' --keep-others' if args.keep_others else ''}`"
+            f"{' (the rows but the first from the previous run here)' if args.keep_others else ''}"
+            "  \n"
             f"Machine: {describe_cpu()}, {os.cpu_count()} cores. Backbone all-MiniLM-L6-v2 "
             "(22.7M), mean pooling, batch 32, 1 epoch, then validation; each run a process "
             "of its own under GNU time (wall from start to exit, peak RSS). `short`: Debian "

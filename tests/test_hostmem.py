@@ -83,7 +83,7 @@ def test_the_mode_follows_the_command_and_the_kernel(tmp_path):
     thp = tmp_path / "enabled"
     thp.write_text("always [madvise] never\n")
     assert hostmem.choose("train", {}, thp) == "retain"  # one step shape: retention pays
-    assert hostmem.choose("finetune", {}, thp) == "bounded"  # retains up to a budget
+    assert hostmem.choose("finetune", {}, thp) == "huge_pages"  # many shapes fragment it
     assert hostmem.choose("predict", {}, thp) == "huge_pages"
     assert hostmem.choose("finetune", {"JAXLM_HOST_MALLOC": "retain"}, thp) == "retain"
     assert hostmem.choose("train", {"JAXLM_HOST_MALLOC": "huge_pages"}, thp) == "huge_pages"
@@ -117,7 +117,7 @@ def test_apply_reexecutes_once_with_huge_pages_or_retains(command):
 
 
 def test_bounded_retention_stops_once_past_its_budget(monkeypatch):
-    assert hostmem.choose("finetune", {"JAXLM_HOST_MALLOC": "auto"}) == "bounded"
+    assert hostmem.choose("finetune", {"JAXLM_HOST_MALLOC": "bounded"}) == "bounded"
     assert hostmem.budget_bytes({"JAXLM_HOST_RETAIN_GIB": "1.5"}) == int(1.5 * 2**30)
     monkeypatch.setattr(hostmem, "_budget", None)
     assert hostmem.bound_retention() is None  # not in bounded mode: nothing to do
@@ -132,11 +132,12 @@ def test_bounded_retention_stops_once_past_its_budget(monkeypatch):
 _BOUNDED = """
 import sys
 from jaxlm.runtime import hostmem
-print(hostmem.apply("finetune"), hostmem._budget == hostmem.budget_bytes())
+print(hostmem.apply("finetune"), hostmem._budget == hostmem.budget_bytes())  # bounded
 """
 
 
-def test_finetune_retains_within_a_budget():
+def test_the_bounded_mode_retains_within_a_budget():
     out = subprocess.run([sys.executable, "-c", _BOUNDED], capture_output=True, text=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=ROOT, check=True)
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "JAXLM_HOST_MALLOC": "bounded"},
+                         cwd=ROOT, check=True)
     assert out.stdout.split() == ["bounded", "True"], out.stdout

@@ -23,21 +23,21 @@ retained, 48 s without, peak RSS 1.27 against 0.95 GB). It does not where severa
 share the heap: fine-tuning's length buckets, its eval and predict steps and the host-side
 batches fragment the single arena, and the heap never shrinks. MiniLM fine-tuned at 32 x 256
 peaked at 9.0 GiB retained against 3.8 GiB without (XLA plans 2.9 GiB for the step). There,
-and for every command but ``train`` and ``finetune``, huge pages do the retention's job
+and for every command but ``train``, huge pages do the retention's job
 without keeping anything: glibc's ``glibc.malloc.hugetlb=1`` tunable makes ``malloc`` ask
 for transparent huge pages, so a fresh 2.6 GiB block is faulted in 2 MiB at a time (512x
 fewer faults). The same MiniLM fine-tune took 59 s that way, 70 s retained and 93 s plain
 malloc, at the plain peak (BENCHMARKS.md "Fine-tuning against PyTorch"). The tunable is read
 when glibc starts, so :func:`apply` re-executes the process once with it in
 ``GLIBC_TUNABLES``, the same pid and arguments. Where the kernel has transparent huge pages
-off, those commands retain memory as ``train`` does. ``finetune`` is ``bounded``: huge pages
-*and* retention until resident memory passes a budget (:func:`budget_bytes`: a sixth of
-physical memory, or ``JAXLM_HOST_RETAIN_GIB``), then glibc's defaults again
-(:func:`bound_retention`). Short texts (32 x 32-128 tokens) stay under it and keep
-retention's speed: 61 s retained against 89 s with huge pages alone for 200 MiniLM steps, at
-2.8 against 2.1 GiB; long ones (32 x 256) pass it within a few steps and go on at huge
-pages' peak. ``JAXLM_HOST_MALLOC``: ``auto`` (the default: per command as above),
-``retain``, ``bounded``, ``huge_pages`` or ``system``.
+off, those commands retain memory as ``train`` does. ``bounded`` (opt-in) does both and
+stops retaining once resident memory passes a budget (:func:`budget_bytes`: a sixth of
+physical memory, or ``JAXLM_HOST_RETAIN_GIB``; :func:`bound_retention`, checked after each
+step). It is not the default for ``finetune``: short texts kept retention's speed (65 s
+against 89 s with huge pages alone for 200 MiniLM steps, 2.4 against 2.1 GiB), but at 32 x
+256 the heap grew from under the budget to 9.0 GiB within the two steps in flight before the
+check saw it, so the peak was retention's. ``JAXLM_HOST_MALLOC``: ``auto`` (the default: per
+command as above), ``retain``, ``bounded``, ``huge_pages`` or ``system``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ OPT_OUT = "JAXLM_HOST_MALLOC"
 MODES = ("auto", "retain", "bounded", "huge_pages", "system")
 HUGE_PAGES = "glibc.malloc.hugetlb=1"  # glibc >= 2.35; older ones ignore it
 RETAIN_COMMANDS = frozenset({"train"})  # one step shape repeating: retention pays
-BOUNDED_COMMANDS = frozenset({"finetune"})  # retention pays until the heap fragments
+BOUNDED_COMMANDS: frozenset[str] = frozenset()  # none by default: see the module docstring
 BUDGET_ENV = "JAXLM_HOST_RETAIN_GIB"
 _budget: int | None = None  # bytes of resident memory up to which "bounded" retains
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
