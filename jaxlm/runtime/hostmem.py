@@ -132,10 +132,8 @@ def bound_retention() -> int | None:
     if rss <= _budget:
         return None
     _budget = None
+    _mallopt(DEFAULTS)
     libc = ctypes.CDLL(None)
-    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    for param, value in DEFAULTS:
-        libc.mallopt(param, value)
     libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     libc.malloc_trim(0)
     return rss
@@ -172,6 +170,11 @@ def retain_freed_memory() -> bool:
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
+    return _mallopt(SETTINGS)
+
+
+def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
+    """Apply glibc ``mallopt`` settings; whether every one was accepted."""
     mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in SETTINGS)
+    return all([mallopt(param, value) == 1 for param, value in settings])
