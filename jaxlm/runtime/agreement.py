@@ -87,11 +87,11 @@ def check(config: dict[str, Any], client: KeyValueStore, index: int, count: int,
     passed the same ``config`` (see the module docstring). Call once per run, on every
     process, right after ``jax.distributed`` starts."""
     mine = comparable(config)
-    ms = int(timeout_s * 1000)
-    client.key_value_set(f"{_PREFIX}/{index}/digest", digest(mine))
+    ms, want = int(timeout_s * 1000), digest(mine)
+    client.key_value_set(f"{_PREFIX}/{index}/digest", want)
     client.key_value_set(f"{_PREFIX}/{index}/config", json.dumps(mine))
     if index == 0:
-        verdict, want = OK, digest(mine)
+        verdict = OK
         for other in range(1, count):
             if client.blocking_key_value_get(f"{_PREFIX}/{other}/digest", ms) != want:
                 theirs = json.loads(client.blocking_key_value_get(f"{_PREFIX}/{other}/config",
