@@ -32,6 +32,7 @@ import numpy as np
 from report import replace_section  # benchmarks/report.py
 
 from jaxlm.config import load_config
+from jaxlm.data.mlm import head_positions
 from jaxlm.models import flops_per_token, param_count
 from jaxlm.profiling import measure_cpu_peak_flops
 from jaxlm.runtime.hardware import cpu_has_native_bf16, describe_cpu, resolve_auto
@@ -153,7 +154,8 @@ def bench(name: str, rounds: int, steps: int, peak: float, native_bf16: bool,
                              "train.warmup_steps=10", "logging.progress=false",
                              *jax_overrides])
     tokens = cfg.train.global_batch * cfg.data.seq_len
-    flops = flops_per_token(cfg.model, cfg.data.seq_len) * tokens
+    flops = flops_per_token(cfg.model, cfg.data.seq_len, head_positions=head_positions(cfg.data))
+    flops *= tokens
     runners = [JaxRunner(cfg)]
     for compiled in (False, True):
         for bf16 in (False, True) if native_bf16 else (False,):

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import Config
+from jaxlm.data.mlm import head_positions
 from jaxlm.errors import UserError
 from jaxlm.models import flops_per_token, param_count
 from jaxlm.profiling import memory_summary, table_peak_flops
@@ -195,7 +196,9 @@ def plan(cfg: Config, device_kind: str, hbm_gib: float | None, mfu: float) -> st
     cfg = _for_device(cfg, device_kind)
     first = estimate(cfg, [])
     tokens = cfg.train.global_batch * cfg.data.seq_len
-    flops = flops_per_token(cfg.model, cfg.data.seq_len) * tokens
+    per_token = flops_per_token(cfg.model, cfg.data.seq_len,
+                                head_positions=head_positions(cfg.data))
+    flops = per_token * tokens
     peak = table_peak_flops(device_kind) if device_kind.lower() != "cpu" else None
     shape = dict(make_mesh(cfg).shape)
     lines = [f"{cfg.model.family} model, {param_count(cfg.model) / 1e6:,.1f}M params; "
@@ -205,7 +208,7 @@ def plan(cfg: Config, device_kind: str, hbm_gib: float | None, mfu: float) -> st
              f"{cfg.model.scan_layers}",
              _format(first, "per device"),
              f"model FLOPs per step: {flops / 1e12:,.4g} TFLOP "
-             f"({flops_per_token(cfg.model, cfg.data.seq_len) / 1e9:.4g} GFLOP per token)"]
+             f"({per_token / 1e9:.4g} GFLOP per token)"]
     if peak is not None:
         step_s = flops / (peak * n * mfu)
         lines.append(f"expected step time at {mfu:.0%} MFU: {step_s:.4g} s "

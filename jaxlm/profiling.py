@@ -194,14 +194,16 @@ def peak_flops_per_device(override_tflops: float | None = None) -> float | None:
 
 def throughput(
     model: ModelConfig, seq_len: int, global_batch: int, step_time: float, n_devices: int,
-    peak_flops: float | None,
+    peak_flops: float | None, head_positions: int | None = None,
 ) -> dict[str, float]:
     """Tokens/s, model TFLOP/s per device and (when the peak is known) MFU for one step.
 
-    Model FLOPs count the useful work only (no rematerialisation), as MFU is defined.
+    Model FLOPs count the useful work only (no rematerialisation), as MFU is defined;
+    ``head_positions`` as :func:`~jaxlm.models.flops.flops_per_token` takes it.
     """
     tokens = global_batch * seq_len
-    flops_per_device = flops_per_token(model, seq_len) * tokens / step_time / n_devices
+    flops_per_device = (flops_per_token(model, seq_len, head_positions=head_positions)
+                        * tokens / step_time / n_devices)
     out = {"tokens_per_sec": tokens / step_time, "tflops_per_device": flops_per_device / 1e12}
     if peak_flops:
         out["mfu"] = flops_per_device / peak_flops

@@ -148,3 +148,19 @@ def test_mask_collator_is_keyed_by_seed_process_and_row():
     assert not np.array_equal(masked(10), masked(16))
     assert not np.array_equal(masked(10), masked(10, process_index=1))
     assert not np.array_equal(masked(10), masked(10, seed=1))
+
+
+def test_mask_collator_caps_each_row_at_max_predictions(monkeypatch):
+    """Rows never select more than max_predictions positions (the masked-LM task gathers
+    that many); past it, the selections with the largest draws are dropped."""
+    import jaxlm.data.mlm as mlm
+
+    assert mlm.max_predictions(128, 0.15) == 40 and mlm.max_predictions(512, 0.15) == 112
+    assert mlm.max_predictions(16, 0.5) == 16  # never more than the row
+    monkeypatch.setattr(mlm, "max_predictions", lambda length, p: 5)
+    c = MaskCollator(0.5, 2, vocab_size=100, special_ids=[0, 1, 2], seed=0, process_index=0)
+    b = empty_batch(6, 32, 0)
+    b["inputs"][:] = np.random.default_rng(0).integers(3, 100, size=(6, 32))
+    b["segment_ids"][:] = 1
+    w = c(b, 0)["weights"]
+    assert (w.sum(axis=1) == 5).all()  # ~16 selected per row at 0.5, capped at 5

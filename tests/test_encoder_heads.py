@@ -96,3 +96,35 @@ def test_classifier_reuses_the_pretraining_backbone(family):
                                                                      lm_params["backbone"])}},
                       TOKENS, seg)
         assert a.shape[-1] in (4, 5) and not np.allclose(a, b)
+
+
+def test_masked_lm_loss_on_gathered_positions_equals_the_loss_on_every_position():
+    """The task runs the vocabulary head on the selected positions only; the loss, its
+    gradient and the sums are those of the head on every position (the rest weigh 0)."""
+    from jaxlm.tasks import MaskedLM as MaskedLMTask
+    from jaxlm.tasks.causal_lm import token_cross_entropy_sums
+
+    cfg = tiny(family="bert")
+    task = MaskedLMTask(cfg, mlm_probability=0.15)
+    rng = np.random.default_rng(1)
+    weights = np.zeros((2, 16), np.float32)
+    weights[0, [1, 5, 6]] = 1.0  # at most max_predictions(16, 0.15) = 16 per row
+    weights[1, [0, 15]] = 1.0
+    batch = {"inputs": jnp.asarray(rng.integers(3, 97, (2, 16)), jnp.int32),
+             "targets": jnp.asarray(rng.integers(3, 97, (2, 16)), jnp.int32),
+             "positions": jnp.tile(jnp.arange(16, dtype=jnp.int32), (2, 1)),
+             "segment_ids": jnp.ones((2, 16), jnp.int32), "weights": jnp.asarray(weights)}
+    params = init(task.model, batch["inputs"])
+
+    def every_position(p):
+        logits = task.apply(p, batch)  # (B, L, V)
+        return token_cross_entropy_sums(logits, batch["targets"], batch["weights"], 0.0)
+
+    (loss, sums), grads = jax.value_and_grad(lambda p: task.loss_sums(p, batch), has_aux=True)(
+        params)
+    (ref, ref_sums), ref_grads = jax.value_and_grad(every_position, has_aux=True)(params)
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    for k in ref_sums:
+        np.testing.assert_allclose(sums[k], ref_sums[k], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -222,3 +222,39 @@ def test_span_head_logits_match_bert_for_question_answering(tmp_path):
         logits = np.asarray(jax.jit(task.logits)(params, batch))  # (B, L, 2)
     np.testing.assert_allclose(logits[..., 0], out.start_logits.numpy(), atol=TOL)
     np.testing.assert_allclose(logits[..., 1], out.end_logits.numpy(), atol=TOL)
+
+
+def test_a_bert_for_question_answering_directory_brings_its_span_head(tmp_path):
+    """A fine-tuned Hugging Face BertForQuestionAnswering is a span backbone with its head:
+    fine-tuning starts from its qa_outputs, and the start / end logits are its own."""
+    import flax.linen as nn
+
+    from jaxlm.checkpoint.pretrained import hf_source
+    from jaxlm.finetune.backbone import load_backbone
+
+    _, tf = need_torch()
+    directory = save_tiny("bert", tmp_path / "qa", model_class=tf.BertForQuestionAnswering)
+    reference = hf_model(directory, "BertForQuestionAnswering")
+    tokens = TOKENS[:, :12]
+    types = np.zeros_like(tokens)
+    types[:, 6:] = 1
+    with torch.no_grad():
+        out = reference(torch.tensor(tokens, dtype=torch.long),
+                        token_type_ids=torch.tensor(types, dtype=torch.long))
+    model_cfg, _ = jaxlm_model(directory)
+    task = SpanExtraction(model_cfg, dropout=0.0)
+    batch = {"inputs": tokens, "segment_ids": np.ones_like(tokens), "token_types": types,
+             "span_mask": np.ones_like(tokens)}
+    fresh = nn.unbox(task.model.init(jax.random.PRNGKey(0), tokens, batch["segment_ids"],
+                                     types)["params"])
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params, report = load_backbone(hf_source(directory), fresh, jax.tree.map(lambda _: one, fresh),
+                                   span=True)
+    assert "loaded  head/classifier (finetune.problem=span)" in report
+    np.testing.assert_array_equal(params["head"]["classifier"]["bias"],
+                                  reference.qa_outputs.bias.detach().numpy())
+    logits = np.asarray(jax.jit(task.logits)(params, batch))  # (B, L, 2)
+    np.testing.assert_allclose(logits[..., 0], out.start_logits.numpy(), atol=TOL)
+    np.testing.assert_allclose(logits[..., 1], out.end_logits.numpy(), atol=TOL)
+    _, report = load_backbone(hf_source(directory), fresh, jax.tree.map(lambda _: one, fresh))
+    assert "loaded  head/classifier" not in report  # only for span (dropped otherwise)

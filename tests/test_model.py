@@ -200,3 +200,12 @@ def test_scaled_residual_init_shrinks_only_the_residual_projections(family):
         expected = scaled if key in residual else 0.02
         assert std == pytest.approx(expected, rel=0.1), key
         assert stds["plain"][key] == pytest.approx(0.02, rel=0.1), key
+
+
+def test_flops_count_the_head_on_the_positions_it_runs_on():
+    """Masked-LM pretraining runs its head on max_predictions of seq_len positions only."""
+    cfg = ModelConfig(family="bert", d_model=64, n_layers=2, n_heads=4, vocab_size=512)
+    full, part = flops_per_token(cfg, 128), flops_per_token(cfg, 128, head_positions=40)
+    head = 3 * (2 * 64 * 512 + 2 * 64 * 64)
+    assert full - part == pytest.approx(head * (1 - 40 / 128))
+    assert flops_per_token(cfg, 128, head_positions=128) == full

@@ -222,6 +222,11 @@ def test_build_from_a_fake_deb(tmp_path):
                 == shard["sha256"]
     assert len(m["splits"]["train"]["shards"]) % 8 == 0
     assert json.loads((out / "manifest.json").read_text())["splits"] == m["splits"]
+    assert m["tokenizer"]["file"] == "tokenizer.json"  # the corpus's own BPE, from train/
+    from jaxlm.data.tokenizer import load_tokenizer
+
+    own = load_tokenizer(str(out / "tokenizer.json"))
+    assert own.decode(own.encode(texts[0]).ids) == texts[0]
 
     again = bc.build(out, [FAKE], deb.parent, valid_fraction=0.25, shard_mb=0.002,
                      tokens=False, log=logs.append)  # replaces the build, byte for byte
@@ -274,6 +279,12 @@ def test_preset_config_streams_the_default_build(tmp_path, monkeypatch):
     assert decode_docs(take(build_pipeline(cfg.data, "eval", 4))) == valid
     batch = take(build_pipeline(cfg.data, "train", 4, repeat=False), 1)[0]
     assert batch["inputs"].shape == (4, 64)
+    for preset in ("modern_bert", "modern_gpt"):  # the CPU presets read the build's tokenizer
+        cfg = load_config(ROOT / f"configs/pretrain/{preset}.yaml", ["train.global_batch=4"])
+        assert Path(cfg.data.tokenizer).expanduser() == out / "tokenizer.json"
+        batch = take(build_pipeline(cfg.data, "train", 4, repeat=False), 1)[0]
+        assert batch["inputs"].shape == (4, cfg.data.seq_len)
+        assert int(batch["inputs"].max()) < cfg.model.vocab_size
 
 
 @needs_dpkg

@@ -8,7 +8,8 @@ attention kernel, dtype, remat) may be changed from the command line. Loading re
 ``backbone`` subtree of the saved parameters straight into the sharded train state; the
 pretraining head stays on disk, and the fresh task head keeps its initialisation — except a
 BERT pooler, which a Hugging Face checkpoint (or its conversion) brings along when
-``finetune.pooler=true``.
+``finetune.pooler=true``, and a span head, which a fine-tuned Hugging Face
+``BertForQuestionAnswering`` (its ``qa_outputs``) brings along to ``finetune.problem=span``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from jaxlm.models.trainable import Trainable, join, split
 BackboneSource = Pretrained  # a resolved finetune.backbone
 SETTING = "finetune.backbone"
 POOLER = "head/pooler/"
+SPAN_HEAD = "head/classifier/"  # a span head's start/end layer (HF: qa_outputs)
 ADAPTERS = Trainable(is_adapter)  # split(params, ADAPTERS) = (adapters, the rest)
 __all__ = ["ARCH_EXEMPT", "BackboneSource", "backbone_model_config", "head_report",
            "load_backbone", "resolve_backbone"]
@@ -57,10 +59,11 @@ def backbone_model_config(source: BackboneSource, cfg: Config) -> ModelConfig:
 
 
 def load_backbone(source: BackboneSource, params: Any, shardings: Any,
-                  pooler: bool = False) -> tuple[Any, str]:
+                  pooler: bool = False, span: bool = False) -> tuple[Any, str]:
     """``params`` (the fresh model's) with the saved backbone placed as ``shardings`` say —
-    and the saved BERT pooler when ``pooler`` and the source has one — and the one-screen
-    report of what was loaded and what was left out."""
+    and the saved BERT pooler when ``pooler``, the saved span head when ``span``, where the
+    source has one of the same shape — and the one-screen report of what was loaded and
+    what was left out."""
     params = {**params, "backbone": load_base(source, params["backbone"],
                                               shardings["backbone"], subtree="backbone")}
     saved = saved_shapes(source)
@@ -68,14 +71,20 @@ def load_backbone(source: BackboneSource, params: Any, shardings: Any,
     tensors = sum(1 for k in saved if k.startswith("backbone/"))
     lines = [f"loaded  backbone: {tensors} tensors, {n / 1e6:.2f}M params from "
              f"{source.describe()}"]
-    loaded = "backbone/"
-    if pooler and source.kind != "checkpoint" and any(k.startswith(POOLER) for k in saved):
-        head = params["head"]
-        target = abstract_like(head["pooler"], shardings["head"]["pooler"])
-        head = {**head, "pooler": load_params(source.path, target, subtree=POOLER[:-1])}
+    loaded: tuple[str, ...] = ("backbone/",)
+    for part, wanted, why in ((POOLER, pooler, "finetune.pooler=true"),
+                              (SPAN_HEAD, span and source.kind == "hf", "finetune.problem=span")):
+        name = part[:-1].split("/")[-1]
+        if not wanted or source.kind == "checkpoint" or name not in params["head"]:
+            continue
+        fresh = {f"{part}{k}": v.size for k, v in params["head"][name].items()}
+        if any(k not in saved or int(np.prod(saved[k])) != n for k, n in fresh.items()):
+            continue  # not there, or of another size: keep the fresh head
+        target = abstract_like(params["head"][name], shardings["head"][name])
+        head = {**params["head"], name: load_params(source.path, target, subtree=part[:-1])}
         params = {**params, "head": head}
-        loaded = ("backbone/", POOLER)
-        lines.append(f"loaded  pooler: {POOLER[:-1]} (finetune.pooler=true) from the backbone")
+        loaded += (part,)
+        lines.append(f"loaded  {part[:-1]} ({why}) from the backbone")
     unused = sorted(k for k in saved if not k.startswith(loaded))
     if unused:
         listed = ", ".join(f"{k} {saved[k]}" for k in unused[:6])

@@ -33,7 +33,7 @@ def initial_state(run: Run, data: Labeled) -> TrainState:
         run.log(head_report(state.params))
     else:
         params, report = load_backbone(data.source, state.params, run.shardings.params,
-                                       pooler=f.pooler)
+                                       pooler=f.pooler, span=f.problem == "span")
         state = state.replace(params=params)
         run.log(report)  # ends with the head report
         adapters = adapter_report(params, f.lora)

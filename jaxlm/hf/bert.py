@@ -8,10 +8,13 @@ under ``bert.``)::
     encoder.layer.{i}.attention.output.dense / .LayerNorm              post-LN
     encoder.layer.{i}.intermediate.dense  encoder.layer.{i}.output.dense / .LayerNorm
     pooler.dense                                          → jaxlm head/pooler (fine-tuning)
+    qa_outputs (BertForQuestionAnswering, top level)      → a span run's head/classifier
     cls.predictions.transform.dense / .LayerNorm, cls.predictions.bias → jaxlm mlm_head
     cls.predictions.decoder.weight                        tied to the word embeddings
 
-The pooler belongs to jaxlm's sequence-classification head (``finetune.pooler=true``); the
+The pooler belongs to jaxlm's sequence-classification head (``finetune.pooler=true``) and
+``qa_outputs`` to its span head (``finetune.problem=span``), so a fine-tuned
+``BertForQuestionAnswering`` directory is read as a span backbone with its head; the
 next-sentence head of ``BertForPreTraining`` has no place in jaxlm and is reported unused.
 """
 
@@ -81,6 +84,8 @@ def rules(m: Any) -> list[Rule]:
     p = "cls.predictions"
     out += [Rule("head/pooler/kernel", "pooler.dense.weight", "linear"),
             Rule("head/pooler/bias", "pooler.dense.bias"),
+            Rule("head/classifier/kernel", "qa_outputs.weight", "linear"),
+            Rule("head/classifier/bias", "qa_outputs.bias"),
             Rule("mlm_head/transform/kernel", f"{p}.transform.dense.weight", "linear"),
             Rule("mlm_head/transform/bias", f"{p}.transform.dense.bias"),
             Rule("mlm_head/transform_norm/scale", f"{p}.transform.LayerNorm.weight"),
@@ -95,7 +100,8 @@ def architecture(m: Any, heads: set[str]) -> str:
 
 FAMILY = Family(
     name="bert", model_type="bert",
-    architectures=("BertModel", "BertForMaskedLM", "BertForPreTraining"),
+    architectures=("BertModel", "BertForMaskedLM", "BertForPreTraining",
+                   "BertForQuestionAnswering"),
     base="BertModel", prefix="bert", config_from_hf=config_from_hf,
     config_to_hf=config_to_hf, rules=rules, architecture=architecture,
     fixed={"norm": ("layernorm",), "norm_position": ("post",), "mlp": ("gelu", "gelu_tanh"),

@@ -31,6 +31,7 @@ BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES.values()}
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 MAX_LISTED = 6
+HEADS_TOP_LEVEL = ("lm_head/", "mlm_head/", "head/classifier/")  # outside HF's base model
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -186,7 +187,7 @@ class HFCheckpoint:
         if rule.hf in self._where:
             return self.stored_name(rule.hf)
         prefixed = any(s.startswith(f"{self.family.prefix}.") for _, s in self._where.values())
-        top = rule.jax.startswith(("lm_head/", "mlm_head/"))  # heads sit outside the base
+        top = rule.jax.startswith(HEADS_TOP_LEVEL)
         return f"{self.family.prefix}.{rule.hf}" if prefixed and not top else rule.hf
 
     def get_slice(self, name: str) -> Any:

@@ -41,7 +41,14 @@ from jaxlm.checkpoint.compat import CheckpointError, locate
 from jaxlm.checkpoint.export import export, is_export
 from jaxlm.config import ModelConfig
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
-from jaxlm.hf.checkpoint import BY_NAME, HFCheckpoint, is_hf_dir, read_config, run_config
+from jaxlm.hf.checkpoint import (
+    BY_NAME,
+    HEADS_TOP_LEVEL,
+    HFCheckpoint,
+    is_hf_dir,
+    read_config,
+    run_config,
+)
 from jaxlm.hf.load import array, check
 from jaxlm.hf.safetensors_stream import write_safetensors
 from jaxlm.hf.spec import Family, HFError, Rule
@@ -58,7 +65,7 @@ CHOICES = ("auto", *DTYPES)  # --dtype: auto = float32 weights, the hardware's c
 def weights_dtype(dtype: str) -> str:
     """The dtype weights are written in for ``--dtype`` (``auto``: float32)."""
     return "float32" if dtype == "auto" else dtype
-HEADS_TOP_LEVEL = ("lm_head/", "mlm_head/")  # HF keeps these outside the base model
+POOLER = "head/pooler/"
 HF_CONFIG = "hf_config.json"  # in an export converted from HF: the source config.json
 
 
@@ -175,7 +182,8 @@ def _hf_layout(family: Family, model: ModelConfig, names: set[str],
         raise HFError(f"the export lacks {len(missing)} backbone tensors of its config.json "
                       f"model: {', '.join(missing[:6])}")
     base = arch == family.base
-    rules = [r for r in every if r.jax in names and (base or not r.jax.startswith("head/"))]
+    rules = [r for r in every if r.jax in names
+             and (not r.jax.startswith("head/") or (base and r.jax.startswith(POOLER)))]
     layout: dict[str, list[Rule]] = defaultdict(list)
     for r in sorted(rules, key=lambda r: r.part[0]):
         top = base or r.jax.startswith(HEADS_TOP_LEVEL)

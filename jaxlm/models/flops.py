@@ -5,13 +5,16 @@ from __future__ import annotations
 from jaxlm.config import ModelConfig
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True,
+                    head_positions: int | None = None) -> float:
     """Matmul FLOPs per token of a forward (+ backward when ``training``) pass.
 
     Counts 2 FLOPs per multiply-add of every matmul: the Q/K/V/out projections, the MLP, the
     output head (an encoder's masked-LM head: its transform too), and attention's QKᵀ and
     AV (full L×L, as PaLM/MaxText count it). Norms, softmax and embedding lookups are
-    ignored. Training costs 3× the forward (backward ≈ 2×).
+    ignored. Training costs 3× the forward (backward ≈ 2×). ``head_positions``: how many of
+    a row's ``seq_len`` positions the head runs on (masked-LM pretraining runs it on the
+    selected ones only: :func:`jaxlm.data.mlm.head_positions`); None = all.
     """
     d, dh, f = cfg.d_model, cfg.head_dim, cfg.d_ff
     qkvo = 2 * d * (cfg.n_heads * dh) + 2 * d * (cfg.n_kv_heads * dh)  # q,out + k,v
@@ -19,6 +22,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> fl
     attn = 2 * seq_len * cfg.n_heads * dh  # QK^T and AV, per query token
     per_layer = 2 * (qkvo + mlp + attn)
     head = 2 * d * cfg.vocab_size + (0 if cfg.causal else 2 * d * d)
+    if head_positions is not None:
+        head = head * min(head_positions, seq_len) / seq_len
     forward = cfg.n_layers * per_layer + head
     return float(3 * forward if training else forward)
 

