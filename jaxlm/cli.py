@@ -94,6 +94,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if _is_finetune(args):
         print(finetune_plan(cfg, args.device_kind))
     else:
+        from jaxlm.train.init_from import apply_init_from
+
+        cfg, _ = apply_init_from(cfg)  # model.init_from: plan the source's architecture
         print(plan(cfg, args.device_kind, args.hbm_gib, args.mfu))
     return 0
 

@@ -12,7 +12,7 @@ from finetunehelpers import finetune_args, last_json, synthetic_dir
 from hfhelpers import TOL, hf_model, need_torch, save_tiny, torch_forward
 
 from jaxlm.cli import main
-from jaxlm.config import load_config
+from jaxlm.config import ConfigError, load_config
 from jaxlm.runtime.hardware import resolve_config
 from jaxlm.sharding import activate, logical_rules, make_mesh
 from jaxlm.tasks import pretraining_task
@@ -50,6 +50,23 @@ def test_init_from_starts_at_the_transformers_outputs(kind, cls_name, kw, tmp_pa
     assert f"loaded backbone, {head} from" in report and "freshly" not in report
     ref = torch_forward(hf_model(directory, cls_name), TOKENS)
     assert float(np.abs(logits - ref).max()) <= TOL
+
+
+def test_init_from_an_encoder_takes_data_mode_mlm_on_the_command_line(tmp_path):
+    """`jaxlm train model.init_from=<HF encoder> data.mode=mlm` (domain-adaptive pretraining
+    as users write it): the mode is checked against the source's architecture, not against
+    the default decoder's, and a decoder source still refuses it in one line."""
+    _, tf = need_torch()
+    directory = save_tiny("bert", tmp_path / "hf", model_class=tf.BertForMaskedLM)
+    cfg, _, report = initialised(f"model.init_from={directory}", "data.mode=mlm",
+                                 "data.seq_len=16")
+    assert cfg.model.family == "bert" and cfg.data.mode == "mlm"
+    assert "loaded backbone, mlm_head from" in report
+    decoder = save_tiny("gpt2", tmp_path / "gpt2")
+    with pytest.raises(ConfigError, match=r"model.init_from=.*gpt2 \(its architecture\): "
+                       "data.mode=mlm needs an encoder"):
+        apply_init_from(load_config(None, [f"model.init_from={decoder}", "data.mode=mlm",
+                                           "data.seq_len=16"]))
 
 
 def test_init_from_a_base_model_keeps_a_fresh_head(tmp_path):

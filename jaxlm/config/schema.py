@@ -311,11 +311,13 @@ class Config(Section):
             raise ValueError(
                 f"train.grad_accum={t.grad_accum} must divide train.global_batch={t.global_batch}"
             )
-        if (info.context or {}).get("objective") != "finetune":
-            self._check_pretraining_data()
+        if (info.context or {}).get("objective") != "finetune" and self.model.init_from is None:
+            self.check_pretraining_data()  # (with init_from: once its architecture is applied)
         return self
 
-    def _check_pretraining_data(self) -> None:
+    def check_pretraining_data(self) -> None:
+        """The data mode and length fit the model (masked LM for encoders only, next-token
+        prediction for decoders only, rows no longer than the model's context)."""
         m = self.model
         mode = self.data.mode
         if mode == "mlm" and m.causal:

@@ -33,14 +33,16 @@ def apply_init_from(cfg: Config) -> tuple[Config, Pretrained | None]:
         return cfg, None
     source = resolve_pretrained(cfg.model.init_from, SETTING)
     model = pretrained_model_config(source, cfg, SETTING)
-    mode = "mlm" if model.is_encoder else ("pack" if cfg.data.mode == "mlm" else cfg.data.mode)
+    mode = "mlm" if model.is_encoder else cfg.data.mode  # (mlm of a decoder: refused below)
     config = cfg.to_dict()
     config["model"] = model.model_dump(mode="json")
     config["data"].update(tokenizer=source.tokenizer, mode=mode)
     try:
-        return from_dict(config), source
-    except ConfigError as e:
+        resolved = from_dict(config)
+        resolved.check_pretraining_data()
+    except (ConfigError, ValueError) as e:
         raise ConfigError(f"{SETTING}={cfg.model.init_from} (its architecture): {e}") from None
+    return resolved, source
 
 
 def load_init_from(source: Pretrained, params: Any, shardings: Any) -> tuple[Any, str]:

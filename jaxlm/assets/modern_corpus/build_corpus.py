@@ -52,7 +52,8 @@ keep their boundaries (an end-of-text token between documents, none inside one).
 
 Needs the Python standard library, ``apt-get`` and ``dpkg-deb``, and jaxlm for step 6
 (``--vocab-size 0`` skips it); token counts use the ``tokenizers`` package and jaxlm's
-embedded tokenizer when they can be imported (``--no-tokens`` skips them). Licences: see ``PROVENANCE.md`` next to this script.
+embedded tokenizer when they can be imported (``--no-tokens`` skips them). Licences: see
+``PROVENANCE.md`` next to this script.
 """
 
 from __future__ import annotations
