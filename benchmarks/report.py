@@ -27,13 +27,20 @@ def replace_section(path: Path, heading: str, body: str) -> None:
     path.write_text(text)
 
 
+def run_json(argv: list[str], what: str) -> tuple[dict, str, float]:
+    """Run ``argv`` from the repository root on one CPU device: (the JSON object on the last
+    line of its stdout, its output, wall seconds); a failure stops the benchmark with the
+    command's last output, naming it ``what``."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, env=ONE_DEVICE, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr + proc.stdout, \
+        time.perf_counter() - t0
+
+
 def run_cli(*args: str) -> tuple[dict, str, float]:
     """Run the jaxlm CLI on one CPU device: (its --json result, its output, wall seconds);
     a failure stops the benchmark with the command's last output."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "jaxlm.cli", *args, "logging.progress=false",
-                           "--json"], cwd=ROOT, env=ONE_DEVICE, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"jaxlm {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr + proc.stdout, \
-        time.perf_counter() - t0
+    return run_json([sys.executable, "-m", "jaxlm.cli", *args, "logging.progress=false",
+                     "--json"], f"jaxlm {' '.join(args)}")
