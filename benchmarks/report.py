@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,9 +16,11 @@ BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def replace_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or append) the markdown section that starts at ``heading``."""
+    """Replace (or append) the markdown section whose heading line is ``heading`` (the whole
+    line: "## Fine-tuning" is not "## Fine-tuning against PyTorch")."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading)
+    found = re.search(rf"^{re.escape(heading.rstrip())}[ \t]*$", text, flags=re.MULTILINE)
+    start = found.start() if found else -1
     if start < 0:
         text = text.rstrip() + "\n\n" + body
     else:
