@@ -47,6 +47,7 @@ TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "train.steps=
         "train.global_batch=8", "data.seq_len=64", "model.max_seq_len=64",
         "train.eval_every=1000", "checkpoint.every=4", "train.sample_tokens=0"]
 TINY_ENCODER = ["model.family=bert", "data.mode=mlm", *TINY]
+PARTS = ("encoder", "decoder", "generate", "dapt")
 
 
 def spread(values: list[float], scale: float = 1.0) -> str:
@@ -94,18 +95,42 @@ def main() -> None:
                    "domain-adaptive pretraining rows (e.g. all-MiniLM-L6-v2's)")
     p.add_argument("--dapt-steps", type=int, default=160)
     p.add_argument("--quick", action="store_true", help="tiny models, one seed, one epoch")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                   help="which rows to run (default: all)")
     args = p.parse_args()
     out = ROOT / args.out
     bench = Bench(out, args.seeds[:1] if args.quick else args.seeds, args.quick)
+    parts = set(args.parts)
     encoder = bench.pretrain("modern_bert", ENCODER, TINY_ENCODER)
-    decoder = bench.pretrain("modern_gpt", DECODER, TINY)
+    decoder = (bench.pretrain("modern_gpt", DECODER, TINY)
+               if parts & {"decoder", "generate"} else None)
     scratch = ["finetune.from_scratch=true"]
 
     cls: dict[str, list[dict]] = {}
+    gen: dict[str, list[dict]] = {}
     enc = [f"finetune.backbone={encoder}", "finetune.pooling=mean"]
     dec = [f"finetune.backbone={decoder}"]
-    cls["encoder, pretrained"] = bench.finetune("enc_pre", CLASSIFY, *enc)
-    cls["encoder, from scratch"] = bench.finetune("enc_scratch", CLASSIFY, *enc, *scratch)
+    if "encoder" in parts:
+        cls["encoder, pretrained"] = bench.finetune("enc_pre", CLASSIFY, *enc)
+        cls["encoder, from scratch"] = bench.finetune("enc_scratch", CLASSIFY, *enc, *scratch)
+    if "decoder" in parts:
+        decoder_rows(bench, cls, dec, scratch)
+    if "generate" in parts:
+        gen["decoder, pretrained"] = bench.finetune("gen_pre", GENERATE, *dec)
+        gen["decoder, from scratch"] = bench.finetune("gen_scratch", GENERATE, *dec, *scratch)
+
+    dapt: dict[str, list[dict]] = {}
+    base = args.minilm or (str(encoder) if args.quick else None)
+    if base is not None and "dapt" in parts:
+        dapt_rows(bench, dapt, base, out, args)
+
+    ref = tfidf_reference()
+    write(out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD, cls, gen, dapt, ref,
+          bench.seeds, base if dapt else None)
+
+
+def decoder_rows(bench: Bench, cls: dict, dec: list[str], scratch: list[str]) -> None:
+    """The decoder's classification rows: pretrained and from scratch, last and mean pooling."""
     cls["decoder, pretrained (last pooling)"] = bench.finetune(
         "dec_pre_last", CLASSIFY, *dec, "finetune.pooling=last")
     cls["decoder, pretrained (mean pooling)"] = bench.finetune(
@@ -115,31 +140,24 @@ def main() -> None:
     cls["decoder, from scratch (mean pooling)"] = bench.finetune(
         "dec_scratch_mean", CLASSIFY, *dec, "finetune.pooling=mean", *scratch)
 
-    gen = {"decoder, pretrained": bench.finetune("gen_pre", GENERATE, *dec),
-           "decoder, from scratch": bench.finetune("gen_scratch", GENERATE, *dec, *scratch)}
 
-    dapt: dict[str, list[dict]] = {}
-    base = args.minilm or (str(encoder) if args.quick else None)
-    if base is not None:
-        adapted = out / "dapt"
-        if not (adapted / "checkpoints").is_dir():
-            steps = 2 if args.quick else args.dapt_steps
-            jaxlm("train", f"model.init_from={base}", "data.mode=mlm", "data.seq_len=128",
-                  f"data.train=[{{path: {demo_dir() / 'train.jsonl'}}}]", "data.eval=null",
-                  f"train.steps={steps}",
-                  "train.global_batch=32", "train.lr=5e-5", "train.warmup_steps=10",
-                  "train.eval_every=100000", f"checkpoint.every={steps}", "train.sample_tokens=0",
-                  f"train.run_dir={adapted}", "mesh.data=1")
-        ft = ["finetune.pooling=mean", "finetune.lr=1e-4"]
-        dapt["published model, fine-tuned directly"] = bench.finetune(
-            "dapt_direct", CLASSIFY, f"finetune.backbone={base}", *ft)
-        dapt[f"after {args.dapt_steps if not args.quick else 2} steps of masked LM on the "
-             "demo's training texts"] = bench.finetune(
-            "dapt_adapted", CLASSIFY, f"finetune.backbone={adapted}", *ft)
-
-    ref = tfidf_reference()
-    write(out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD, cls, gen, dapt, ref,
-          bench.seeds, base)
+def dapt_rows(bench: Bench, dapt: dict, base: str, out: Path, args: argparse.Namespace) -> None:
+    """Fine-tuning ``base`` directly, and after masked LM on the demo's training texts."""
+    adapted = out / "dapt"
+    if not (adapted / "checkpoints").is_dir():
+        steps = 2 if args.quick else args.dapt_steps
+        jaxlm("train", f"model.init_from={base}", "data.mode=mlm", "data.seq_len=128",
+              f"data.train=[{{path: {demo_dir() / 'train.jsonl'}}}]", "data.eval=null",
+              f"train.steps={steps}",
+              "train.global_batch=32", "train.lr=5e-5", "train.warmup_steps=10",
+              "train.eval_every=100000", f"checkpoint.every={steps}", "train.sample_tokens=0",
+              f"train.run_dir={adapted}", "mesh.data=1")
+    ft = ["finetune.pooling=mean", "finetune.lr=1e-4"]
+    dapt["published model, fine-tuned directly"] = bench.finetune(
+        "dapt_direct", CLASSIFY, f"finetune.backbone={base}", *ft)
+    dapt[f"after {args.dapt_steps if not args.quick else 2} steps of masked LM on the "
+         "demo's training texts"] = bench.finetune(
+        "dapt_adapted", CLASSIFY, f"finetune.backbone={adapted}", *ft)
 
 
 def write(path: Path, cls: dict, gen: dict, dapt: dict, ref: dict, seeds: list[int],
@@ -158,7 +176,8 @@ def write(path: Path, cls: dict, gen: dict, dapt: dict, ref: dict, seeds: list[i
                      f"{statistics.mean(r['wall_s'] for r in rs):.0f} s |")
     lines.append(f"| TF-IDF (1-2 grams) + logistic regression (C={ref['C']}) | "
                  f"{ref['accuracy'] * 100:.1f} | {ref['macro_f1'] * 100:.1f} | |")
-    lines += ["", f"Generation, the docstring-summary demo (`{GENERATE}`, 106 test docstrings):",
+    lines += [] if not gen else [
+              "", f"Generation, the docstring-summary demo (`{GENERATE}`, 106 test docstrings):",
               "", "| backbone | test ROUGE-L (x100) | test token F1 (x100) | test loss |",
               "|---|---:|---:|---:|"]
     for name, rs in gen.items():
