@@ -26,6 +26,7 @@ is trained first with its preset (build the corpus before:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -48,6 +49,7 @@ TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "train.steps=
         "train.eval_every=1000", "checkpoint.every=4", "train.sample_tokens=0"]
 TINY_ENCODER = ["model.family=bert", "data.mode=mlm", *TINY]
 PARTS = ("encoder", "decoder", "generate", "dapt")
+DONE = "bench_result.json"  # in a fine-tuning run directory: its test result and wall time
 
 
 def spread(values: list[float], scale: float = 1.0) -> str:
@@ -56,7 +58,8 @@ def spread(values: list[float], scale: float = 1.0) -> str:
 
 
 class Bench:
-    """Runs and caches (per run directory) the fine-tunes of one benchmark invocation."""
+    """Runs the fine-tunes, each result kept in its run directory (``DONE``), so a second
+    invocation reuses what was measured (delete ``--out`` to measure again)."""
 
     def __init__(self, out: Path, seeds: list[int], quick: bool) -> None:
         self.out, self.seeds, self.quick = out, seeds, quick
@@ -77,10 +80,14 @@ class Bench:
         results = []
         for seed in self.seeds:
             run = self.out / f"{label}_{seed}"
+            if (run / DONE).is_file():  # measured by an earlier invocation
+                results.append(json.loads((run / DONE).read_text()))
+                continue
             r, _, wall = jaxlm("finetune", preset, *overrides, *self.epochs, "mesh.data=1",
                                f"finetune.run_dir={run}", f"finetune.seed={seed}",
                                "checkpoint.resume=never")
             r["wall_s"] = wall
+            (run / DONE).write_text(json.dumps(r))
             results.append(r)
             shown = {k: round(r[k], 4) for k in ("accuracy", "macro_f1", "rouge_l") if k in r}
             print(f"{label} seed {seed}: {shown} ({wall:.0f} s)", flush=True)

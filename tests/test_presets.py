@@ -11,13 +11,14 @@ from jaxlm.config import load_config
 from jaxlm.models import param_count
 from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import activate, batch_sharding, logical_rules, make_mesh
-from jaxlm.tasks import CausalLM
+from jaxlm.tasks import CausalLM, pretraining_task
 from jaxlm.train.optim import decay_mask, lr_schedule, make_optimizer
 from jaxlm.train.state import create_train_state, is_abstract
 from jaxlm.train.step import jit_train_step, make_train_step
 
 PRESETS = sorted((Path(__file__).parents[1] / "configs" / "pretrain").glob("*.yaml"))
 EXPECTED_PARAMS = {"tiny": (0.2e6, 1e6), "small": (15e6, 25e6), "modern_en": (15e6, 25e6),
+                   "modern_bert": (5e6, 6e6), "modern_gpt": (5e6, 6e6),
                    "gpt2_124m": (120e6, 130e6), "llama_1b": (1.0e9, 1.3e9)}
 
 
@@ -28,7 +29,8 @@ def test_preset_train_step_lowers_on_8_devices(path):
     assert lo <= param_count(cfg.model) <= hi
     mesh = make_mesh(cfg)
     rules = logical_rules(cfg.mesh)
-    task, tx = CausalLM(resolve_auto(cfg.model)), make_optimizer(cfg.train)
+    cfg = cfg.model_copy(update={"model": resolve_auto(cfg.model)})
+    task, tx = pretraining_task(cfg), make_optimizer(cfg.train)  # (masked LM for BERT)
     state, shardings = create_train_state(task, tx, mesh, rules, 0, abstract=True)
     assert is_abstract(state)
     bs = batch_sharding(mesh, rules)
