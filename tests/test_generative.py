@@ -3,6 +3,8 @@ other, only completions carry loss, prompts are cut from the left or refused, th
 task and its run generates."""
 
 import json
+import subprocess
+import sys
 
 import datasets
 import jax
@@ -168,6 +170,16 @@ def test_text_scores_follow_squad_rouge_score_and_sacrebleu():
     assert scores["exact_match"] == 0.5 and scores["chrf"] < 100
     assert scores["rouge_l"] == pytest.approx((0.5 + 1) / 2)  # LCS "cat sat on": 3 of 6 words
     assert score(["same words here"], ["same words here"])["chrf"] == pytest.approx(100)
+
+
+def test_the_fine_tuning_cli_loads_the_text_scorers_only_when_it_scores_text():
+    # rouge-score brings nltk, scipy.stats and scikit-learn: ~100 MB of a classification
+    # fine-tune's resident memory when it was imported with the module
+    code = ("import sys, jaxlm.cli, jaxlm.finetune.main; "
+            "print(sorted({'nltk', 'rouge_score', 'sacrebleu', 'sklearn'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("overrides,message", [
