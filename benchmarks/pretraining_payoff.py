@@ -11,7 +11,8 @@ For each fine-tuning seed, on one CPU device:
 - **domain-adaptive pretraining** (with ``--minilm DIR``): ``jaxlm train
   model.init_from=DIR data.mode=mlm`` on the demo's own training texts, then fine-tuning,
   against fine-tuning DIR directly;
-- **decoder pooling**: ``last`` against ``mean`` on the classification demo.
+- **decoder pooling**: ``last`` against ``mean`` (and learned ``attention`` pooling)
+  on the classification demo.
 
 Mean and spread over the seeds go to BENCHMARKS.md, one section per part ("Pretraining
 that pays off: encoder", ": decoder", ": generation", ": domain-adaptive pretraining"), so a
@@ -139,12 +140,14 @@ def main() -> None:
 
 
 def decoder_rows(bench: Bench, dec: list[str], scratch: list[str]) -> dict[str, list[dict]]:
-    """The decoder's classification rows: pretrained and from scratch, last and mean pooling."""
+    """The decoder's classification rows: pretrained with last, mean and learned attention
+    pooling, and from scratch with last and mean."""
     return {f"decoder, {init} ({pool} pooling)": bench.finetune(
                 f"dec_{label}_{pool}", CLASSIFY, *dec, f"finetune.pooling={pool}", *extra)
-            for init, label, extra in (("pretrained", "pre", []),
-                                       ("from scratch", "scratch", scratch))
-            for pool in ("last", "mean")}
+            for init, label, extra, pools in (
+                ("pretrained", "pre", [], ("last", "mean", "attention")),
+                ("from scratch", "scratch", scratch, ("last", "mean")))
+            for pool in pools}
 
 
 def dapt_rows(bench: Bench, base: str, out: Path, args: argparse.Namespace

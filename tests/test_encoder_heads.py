@@ -9,7 +9,7 @@ import pytest
 
 from jaxlm.config import ModelConfig
 from jaxlm.models import DecoderLM, MaskedLM, SequenceClassifier, TokenClassifier, param_count
-from jaxlm.models.heads import pool
+from jaxlm.models.heads import SequenceClassificationHead, pool
 from jaxlm.runtime.hardware import resolve_auto
 
 
@@ -67,6 +67,25 @@ def test_bert_backbone_maps_one_to_one_onto_hf_bert_model():
     assert set(back) == {"wte", "wpe", "wtt", "embed_norm", "block_0", "block_1"}
     pooler = params["head"]["pooler"]
     assert sorted(x.size for x in jax.tree.leaves(pooler)) == [d, d * d]
+
+
+def test_attention_pooling_learns_weights_over_real_tokens_only():
+    cfg = tiny(dtype="float32")
+    head = SequenceClassificationHead(cfg, num_labels=3, pooling="attention", dropout=0.0)
+    h = jax.random.normal(jax.random.key(0), (2, 5, cfg.d_model))  # (B, L, D)
+    mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    params = nn.unbox(head.init(jax.random.key(1), h, mask)["params"])
+    assert params["attention_pool"]["kernel"].shape == (cfg.d_model, 1)
+    logits = head.apply({"params": params}, h, mask)
+    noisy = h.at[0, 3:].set(1e3)  # padding positions changed: the logits are not
+    np.testing.assert_allclose(head.apply({"params": params}, noisy, mask), logits, atol=1e-5)
+    # a zero score everywhere is the mean of the real tokens
+    flat = jax.tree.map(jnp.zeros_like, params["attention_pool"])
+    mean = SequenceClassificationHead(cfg, num_labels=3, pooling="mean", dropout=0.0)
+    rest = {k: v for k, v in params.items() if k != "attention_pool"}
+    np.testing.assert_allclose(
+        head.apply({"params": {**rest, "attention_pool": flat}}, h, mask),
+        mean.apply({"params": rest}, h, mask), atol=1e-5)
 
 
 def test_pooling_cls_mean_last_ignore_padding():

@@ -69,7 +69,7 @@ def test_quick_run_measures_every_part(tmp_path: Path) -> None:
     assert KEPT in text
     dec = rows(text, HEADING + "decoder")
     assert {f"decoder, {i} ({p} pooling)" for i in ("pretrained", "from scratch")
-            for p in ("last", "mean")} <= set(dec)
+            for p in ("last", "mean")} | {"decoder, pretrained (attention pooling)"} <= set(dec)
     dapt = rows(text, HEADING + "domain-adaptive pretraining")
     assert "published model, fine-tuned directly" in dapt
     for table in (rows(text, HEADING + "encoder"), dec, dapt):

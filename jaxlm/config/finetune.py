@@ -94,8 +94,10 @@ class FinetuneConfig(OptimizerSettings):
         "span: extractive question answering with an encoder")
     data: LabeledDataConfig = Field(default_factory=LabeledDataConfig)
     num_labels: int | None = Field(None, gt=0, description="None = from the data")
-    pooling: Literal["cls", "mean", "last"] | None = Field(
-        None, description="None = cls for encoders, last (non-padding) token for decoders"
+    pooling: Literal["cls", "mean", "last", "attention"] | None = Field(
+        None, description="None = cls for encoders, last (non-padding) token for decoders "
+        "(it beat mean pooling on the demo: BENCHMARKS.md); attention = a learned weighted "
+        "mean of the non-padding tokens"
     )
     pooler: bool = Field(False, description="BERT-style dense + tanh over the pooled token")
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)

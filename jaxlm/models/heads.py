@@ -4,7 +4,8 @@
   its own ``lm_head`` kernel.
 - :class:`MaskedLMHead`: BERT's: dense → GELU → LayerNorm → tied decoder + bias.
 - :class:`SequenceClassificationHead`: pool the sequence (``cls`` = first token, ``mean`` of
-  the non-padding tokens, ``last`` non-padding token), an optional BERT-style tanh
+  the non-padding tokens, ``last`` non-padding token, ``attention``: a learned score per
+  token, softmax-weighted over the non-padding tokens), an optional BERT-style tanh
   ``pooler``, dropout, one dense layer → (B, C). The same head serves single-label
   (softmax), multi-label (sigmoid) and regression (C = 1) problems; the task decides.
 - :class:`TokenClassificationHead`: dropout and a dense layer per token → (B, L, C).
@@ -24,7 +25,7 @@ from jaxlm.config import ModelConfig
 from jaxlm.models.layers import dense, dtypes, norm
 from jaxlm.models.matmul import contract
 
-Pooling = Literal["cls", "mean", "last"]
+Pooling = Literal["cls", "mean", "last", "attention"]
 
 
 def tied_logits(x: jax.Array, table: jax.Array, dtype: str) -> jax.Array:
@@ -100,7 +101,13 @@ class SequenceClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
         cfg = self.cfg
-        x = pool(h, mask, self.pooling)  # (B, D)
+        if self.pooling == "attention":  # a learned query: one score per token
+            scores = dense(1, ("embed", None), use_bias=False, name="attention_pool",
+                           **dtypes(cfg))(h)[..., 0].astype(jnp.float32)  # (B, L)
+            weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), axis=-1)  # (B, L)
+            x = jnp.einsum("bl,bld->bd", weights.astype(h.dtype), h)  # (B, D)
+        else:
+            x = pool(h, mask, self.pooling)  # (B, D)
         if self.pooler:  # BERT's pooler: dense + tanh over the pooled token
             x = jnp.tanh(dense(cfg.d_model, ("embed", "mlp"), use_bias=True, name="pooler",
                                **dtypes(cfg))(x))
