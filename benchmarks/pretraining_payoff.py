@@ -113,9 +113,12 @@ def main() -> None:
     md = out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD
     scratch = ["finetune.from_scratch=true"]
     base = args.minilm
-    if "encoder" in parts or ("dapt" in parts and args.quick and base is None):
+    if "dapt" in parts and base is None and not args.quick:  # before any run, not after
+        sys.exit("--parts dapt needs --minilm DIR (a Hugging Face encoder directory)")
+    if "encoder" in parts or ("dapt" in parts and base is None):
         encoder = bench.pretrain("modern_bert", ENCODER, TINY_ENCODER)
-        base = base or str(encoder)  # --quick: the tiny encoder stands in for MiniLM
+        if base is None and args.quick:  # --quick: the tiny encoder stands in for MiniLM
+            base = str(encoder)
     if "encoder" in parts:
         enc = [f"finetune.backbone={encoder}", "finetune.pooling=mean"]
         write_classification(md, "encoder", {
@@ -133,8 +136,6 @@ def main() -> None:
             "decoder, from scratch": bench.finetune("gen_scratch", GENERATE, *dec, *scratch),
         }, bench.seeds)
     if "dapt" in parts:
-        if base is None:
-            sys.exit("--parts dapt needs --minilm DIR (a Hugging Face encoder directory)")
         write_classification(md, "domain-adaptive pretraining", dapt_rows(bench, base, out, args),
                              bench.seeds, f"The published model: `{base}`.")
 
