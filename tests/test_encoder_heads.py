@@ -95,6 +95,8 @@ def test_pooling_cls_mean_last_ignore_padding():
     np.testing.assert_array_equal(pool(h, mask, "last"), jnp.stack([h[0, 2], h[1, 1]]))
     np.testing.assert_allclose(pool(h, mask, "mean"),
                                jnp.stack([h[0, :3].mean(0), h[1, :2].mean(0)]))
+    with pytest.raises(ValueError, match="not 'attention'"):  # the head's, with its weights
+        pool(h, mask, "attention")
 
 
 @pytest.mark.parametrize("family", [pytest.param("gpt2", marks=pytest.mark.slow),

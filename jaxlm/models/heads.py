@@ -85,6 +85,8 @@ def pool(h: jax.Array, mask: jax.Array, how: Pooling) -> jax.Array:
     if how == "mean":
         m = mask[..., None].astype(h.dtype)  # (B, L, 1)
         return jnp.sum(h * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    if how != "last":  # "attention" has parameters: SequenceClassificationHead computes it
+        raise ValueError(f"pool() takes cls, mean or last, not {how!r}")
     idx = jnp.max(jnp.where(mask, jnp.arange(h.shape[1])[None, :], 0), axis=1)  # (B,)
     return jnp.take_along_axis(h, idx[:, None, None], axis=1)[:, 0]
 
