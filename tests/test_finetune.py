@@ -253,3 +253,38 @@ def test_finetuning_adam_betas_come_from_the_finetune_section():
     assert FinetuneConfig().b2 == 0.999  # fine-tuning's default, unchanged
     slow, fast = float(second_update(0.999)), float(second_update(0.5))
     assert abs(slow - fast) > 0.05 * slow, (slow, fast)
+
+
+def test_final_report_reuses_the_last_validation_instead_of_redoing_it(backbone, tmp_path,
+                                                                       capsys, monkeypatch):
+    """With no test split the best checkpoint's report is validation; when the best is the
+    last epoch, its evaluation (in memory) is the report: validation runs once per epoch,
+    and the checkpoint is not read back. A best earlier epoch is read back and evaluated."""
+    from jaxlm.finetune import classify, epochs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    synthetic(data / "train.jsonl", 32, seed=0)
+    synthetic(data / "validation.jsonl", 16, seed=1)
+    calls, reads = [], []
+    evaluate = classify.Classify.evaluate
+    monkeypatch.setattr(classify.Classify, "evaluate",
+                        lambda self, p, split: calls.append(split) or evaluate(self, p, split))
+    load = epochs.load_params
+    monkeypatch.setattr(epochs, "load_params", lambda *a, **k: reads.append(1) or load(*a, **k))
+    # a tiny lr: every epoch scores the same accuracy, so the first stays the best
+    seen = set()
+    for extra in (("finetune.lr=3e-3", "finetune.eval_metric=loss"),
+                  ("finetune.lr=1e-12", "finetune.head_lr=1e-12")):
+        calls.clear(), reads.clear()
+        run = tmp_path / f"run_{len(seen)}"
+        assert main(finetune_args(run, backbone, data, "finetune.epochs=2", *extra)) == 0
+        result = last_json(capsys.readouterr().out)
+        report = json.loads((run / "report.json").read_text())
+        best = next(h for h in report["history"] if h["step"] == result["best_step"])
+        last = result["best_epoch"] == 2  # the state in memory, its validation just done
+        seen.add(last)
+        assert calls == ["validation"] * (2 if last else 3) and len(reads) == (0 if last else 1)
+        assert result["split"] == "validation"
+        assert all(result[k] == pytest.approx(best[k]) for k in ("loss", "accuracy"))
+    assert seen == {True, False}
