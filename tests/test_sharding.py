@@ -9,7 +9,7 @@ from jaxlm.runtime.hardware import resolve_auto
 from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import CausalLM
 from jaxlm.train.optim import lr_schedule, make_optimizer
-from jaxlm.train.state import create_train_state
+from jaxlm.train.state import create_train_state, shapes_of
 from jaxlm.train.step import jit_train_step, make_train_step
 
 SEQ, BATCH, VOCAB = 16, 16, 128
@@ -83,3 +83,23 @@ def test_grad_accumulation_equals_one_big_batch(reference):
     losses, _, params, _ = train3((1, 1, 1), accum=4)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
+
+
+def test_given_parameters_are_taken_and_only_the_rest_is_drawn():
+    """``create_train_state(given=...)``: given leaves as they are, the others as a plain
+    initialisation draws them (same seed)."""
+    cfg = load_config(None, ["model.d_model=64", "model.n_heads=8", "model.n_layers=2",
+                             f"model.vocab_size={VOCAB}", f"model.max_seq_len={SEQ}",
+                             f"data.seq_len={SEQ}", "model.dtype=float32", "mesh.data=2"])
+    mesh = make_mesh(cfg, jax.devices()[:2])
+    rules = logical_rules(cfg.mesh)
+    task, tx = CausalLM(resolve_auto(cfg.model)), make_optimizer(cfg.train)
+    plain, shardings = create_train_state(task, tx, mesh, rules, seed=3)
+    ones = jax.tree.map(lambda x, s: jax.device_put(np.ones(x.shape, x.dtype), s),
+                        plain.params["backbone"], shardings.params["backbone"])
+    given = {**shapes_of(plain.params), "backbone": ones}
+    state, _ = create_train_state(task, tx, mesh, rules, seed=3, given=given)
+    jax.tree.map(lambda x: np.testing.assert_array_equal(x, 1.0), state.params["backbone"])
+    for name in set(plain.params) - {"backbone"}:
+        jax.tree.map(np.testing.assert_array_equal, state.params[name], plain.params[name])
+    assert int(state.step) == 0 and jax.tree.structure(state) == jax.tree.structure(plain)

@@ -17,28 +17,31 @@ from jaxlm.finetune.batching import train_plan
 from jaxlm.finetune.run import Labeled, evaluate, write_labels
 from jaxlm.models import param_count
 from jaxlm.tasks.classification import format_report
-from jaxlm.train.state import TrainState, create_train_state
+from jaxlm.train.state import TrainState, create_train_state, shapes_of
 from jaxlm.train.trainer import Fed, Run
 
 
 def initial_state(run: Run, data: Labeled) -> TrainState:
-    """A fresh train state: a new head, and the backbone loaded unless from scratch/none."""
+    """A fresh train state: a new head, and the backbone loaded unless from scratch/none
+    (read first, so that only the head is drawn at random)."""
     f = run.cfg.finetune
-    state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
-                                  trainable=run.trainable)
     if data.source.kind == "none" or f.from_scratch:
+        state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
+                                      trainable=run.trainable)
         why = "finetune.from_scratch" if f.from_scratch else "finetune.backbone=none"
         run.log(f"backbone: random initialisation ({why}), architecture of "
                 f"{data.source.describe()}")
         run.log(head_report(state.params))
-    else:
-        params, report = load_backbone(data.source, state.params, run.shardings.params,
-                                       pooler=f.pooler, span=f.problem == "span")
-        state = state.replace(params=params)
-        run.log(report)  # ends with the head report
-        adapters = adapter_report(params, f.lora)
-        if adapters:
-            run.log(adapters)
+        return state
+    params, report = load_backbone(data.source, shapes_of(run.state.params),
+                                   run.shardings.params, pooler=f.pooler,
+                                   span=f.problem == "span")
+    run.log(report)  # ends with the head report
+    adapters = adapter_report(params, f.lora)
+    if adapters:
+        run.log(adapters)
+    state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
+                                  trainable=run.trainable, given=params)
     return state
 
 

@@ -40,7 +40,7 @@ from jaxlm.finetune.run import build_run, resolve, task_for
 from jaxlm.finetune.text_metrics import score
 from jaxlm.generate import Completion, Generator, Sampling
 from jaxlm.models import param_count
-from jaxlm.train.state import TrainState, create_train_state
+from jaxlm.train.state import TrainState, create_train_state, shapes_of
 from jaxlm.train.trainer import Fed, Run, evaluate
 
 EXAMPLES_SHOWN = 3  # greedy completions in the final report
@@ -118,20 +118,20 @@ class Generate:
     def initial_state(self) -> TrainState:
         """The backbone's whole language model (LM head included), or a random one."""
         run, f, source = self.run, self.run.cfg.finetune, self.data.source
-        state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
-                                      trainable=run.trainable)
         if source.kind == "none" or f.from_scratch:
             why = "finetune.from_scratch" if f.from_scratch else "finetune.backbone=none"
             run.log(f"language model: random initialisation ({why}), architecture of "
                     f"{source.describe()}")
-            return state
-        params = load_base(source, state.params, run.shardings.params)
+            return create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
+                                      trainable=run.trainable)[0]
+        params = load_base(source, shapes_of(run.state.params), run.shardings.params)
         run.log(f"loaded  language model: {param_count(run.cfg.model) / 1e6:.2f}M params "
                 f"(LM head included) from {source.describe()}")
         adapters = adapter_report(params, f.lora)
         if adapters:
             run.log(adapters)
-        return state.replace(params=params)
+        return create_train_state(run.task, run.tx, run.mesh, run.rules, f.seed,
+                                  trainable=run.trainable, given=params)[0]
 
     def prepare(self) -> None:
         pass

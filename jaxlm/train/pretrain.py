@@ -30,7 +30,7 @@ from jaxlm.sharding import batch_sharding, logical_rules, make_mesh
 from jaxlm.tasks import pretraining_task
 from jaxlm.train.init_from import apply_init_from, load_init_from
 from jaxlm.train.optim import lr_schedule, make_optimizer
-from jaxlm.train.state import create_train_state, is_abstract
+from jaxlm.train.state import create_train_state, is_abstract, shapes_of
 from jaxlm.train.step import jit_train_step, make_eval_step, make_train_step
 from jaxlm.train.trainer import (
     Eval,
@@ -182,11 +182,13 @@ def _train(run: Run, source: Any) -> dict[str, Any]:
     ckpt = Checkpointer(cfg, run.tokenizer, log=run.log)
     run.state, data_state, _ = ckpt.restore(run.state, run.shardings)  # checkpoint.resume
     if is_abstract(run.state):  # nothing to resume from: initialise
-        run.state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, t.seed)
-        if source is not None:  # and load model.init_from's weights
-            params, report = load_init_from(source, run.state.params, run.shardings.params)
-            run.state = run.state.replace(params=params)
+        given = None
+        if source is not None:  # model.init_from's weights, read first: the rest is drawn
+            given, report = load_init_from(source, shapes_of(run.state.params),
+                                           run.shardings.params)
             run.log(report)
+        run.state, _ = create_train_state(run.task, run.tx, run.mesh, run.rules, t.seed,
+                                          given=given)
     writer = open_writer(run)
     write_config(run)
     run.log(f"jaxlm: {cfg.model.family} model, {param_count(cfg.model) / 1e6:.2f}M params, "
