@@ -60,7 +60,8 @@ def backbone_model_config(source: BackboneSource, cfg: Config) -> ModelConfig:
 
 def load_backbone(source: BackboneSource, params: Any, shardings: Any,
                   pooler: bool = False, span: bool = False) -> tuple[Any, str]:
-    """``params`` (the fresh model's) with the saved backbone placed as ``shardings`` say —
+    """``params`` (the model's, arrays or shapes) with the saved backbone placed as
+    ``shardings`` say —
     and the saved BERT pooler when ``pooler``, the saved span head when ``span``, where the
     source has one of the same shape — and the one-screen report of what was loaded and
     what was left out."""

@@ -20,15 +20,13 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-import jax
-
 from jaxlm.checkpoint.checkpointer import Checkpointer, abstract_like
 from jaxlm.checkpoint.export import load_params
 from jaxlm.finetune.run import COMPAT_KEYS, HIGHER_IS_BETTER
 from jaxlm.metrics import MetricsWriter
 from jaxlm.models.trainable import join, split, trained_part
 from jaxlm.runtime.runlock import RunLock
-from jaxlm.train.state import TrainState, is_abstract
+from jaxlm.train.state import TrainState, is_abstract, shapes_of
 from jaxlm.train.trainer import Eval, Fed, Run, Verdict, Window, fit, open_writer, write_config
 
 REPORT_FILE = "report.json"
@@ -185,8 +183,7 @@ def final_report(objective: Objective, progress: dict[str, Any], best_step: int 
     if best_step == int(run.state.step):
         params = run.state.params
     else:
-        target = abstract_like(jax.eval_shape(lambda s: s, run.state.params),
-                               run.shardings.params)
+        target = abstract_like(shapes_of(run.state.params), run.shardings.params)
         params = load_params(run.settings.run_dir / "checkpoints", target, step=best_step)
     last_eval = last_eval or {}
     if split == "validation" and last_eval.get("step") == best_step:

@@ -46,8 +46,9 @@ def apply_init_from(cfg: Config) -> tuple[Config, Pretrained | None]:
 
 
 def load_init_from(source: Pretrained, params: Any, shardings: Any) -> tuple[Any, str]:
-    """``params`` (freshly initialised) with every subtree the source holds loaded in place
-    as ``shardings`` say, and a report of what was loaded and what kept its initialisation."""
+    """``params`` (their shapes: the abstract state's) with every subtree the source holds
+    loaded in place as ``shardings`` say (the others stay shapes, drawn later),
+    and a report of what was loaded and what kept its initialisation."""
     saved = saved_shapes(source)
     loaded, fresh = [], []
     params = dict(params)
